@@ -1,0 +1,1 @@
+"""The ``modelfab`` command line (typer); one module per command group."""

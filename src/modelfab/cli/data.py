@@ -1,0 +1,51 @@
+"""``modelfab data``: import and list datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelfab.cli.common import console, open_workspace, print_json
+
+app = typer.Typer(help="Import and list datasets (immutable, content-addressed versions).", no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. churn.")],
+    file: Annotated[Path, typer.Argument(help="A .csv or .parquet file.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the version as JSON.")] = False,
+) -> None:
+    """Import FILE as a new version of dataset NAME (identical data returns the existing version)."""
+    from modelfab.data import import_dataset
+
+    ws = open_workspace()
+    version, created = import_dataset(ws, name, file)
+    if json_out:
+        print_json({"name": version.name, "version": version.version, "digest": version.digest,
+                    "rows": version.rows, "created": created, "columns": version.columns})
+        return
+    verb = "imported" if created else "unchanged, already stored as"
+    console.print(f"{verb} [bold]{version.ref}[/]: {version.rows:,} rows, {len(version.columns)} columns, "
+                  f"sha256 {version.digest[:12]}")
+
+
+@app.command("ls")
+def ls(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List dataset versions."""
+    from rich.table import Table
+
+    ws = open_workspace()
+    rows = ws.registry.list_datasets()
+    if json_out:
+        print_json([{"name": d.name, "version": d.version, "digest": d.digest, "rows": d.rows,
+                     "columns": d.columns, "source": d.source, "created_at": d.created_at.isoformat()}
+                    for d in rows])
+        return
+    table = Table("dataset", "version", "rows", "columns", "sha256", "imported")
+    for d in rows:
+        table.add_row(d.name, str(d.version), f"{d.rows:,}", str(len(d.columns)), d.digest[:12],
+                      d.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)

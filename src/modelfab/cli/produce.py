@@ -1,0 +1,69 @@
+"""``modelfab produce``: run a recipe, one model per partition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from modelfab.cli.common import console, err_console, open_workspace, print_json
+
+if TYPE_CHECKING:
+    from modelfab.factory import RunReport
+
+
+def produce(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    executor: Annotated[str | None, typer.Option(help="Executor: local (default).")] = None,
+    priority: Annotated[str, typer.Option(help="Run priority: high, normal or low.")] = "normal",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+) -> None:
+    """Produce every partition's model: search, fit, evaluate, gate, export to ONNX, register.
+
+    Resumable: run the same command again after a stop and finished jobs are not redone.
+    """
+    from modelfab.compute import make_executor
+    from modelfab.errors import ConfigError
+    from modelfab.factory import produce as run
+    from modelfab.recipe import load_recipe
+
+    if priority not in ("high", "normal", "low"):
+        raise ConfigError(f"--priority {priority!r} is not allowed; use high, normal or low")
+    spec = load_recipe(recipe)
+    ws = open_workspace()
+    ex = make_executor(executor, workers) if executor else None
+    from modelfab.cli.progress import run_progress
+
+    with run_progress(f"produce {spec.name}", enabled=not (json_out or no_progress)) as (on_start, on_progress):
+        report = run(ws, spec, recipe_file=str(recipe), executor=ex, workers=workers, priority=priority,
+                     on_start=on_start, on_progress=on_progress)
+    if json_out:
+        print_json(report.to_json())
+    else:
+        print_report(report)
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
+def print_report(report: RunReport) -> None:
+    if report.already_done == report.total and report.trained == report.failed == 0:
+        console.print(f"run {report.run_id} of {report.recipe} on {report.dataset} is already complete: "
+                      f"nothing new to produce ({report.total} jobs done before).")
+        return
+    if report.interrupted:
+        err_console.print("[yellow]stopped[/]: finished jobs are registered; run the same command to resume.")
+    median = f"{report.median_score:.4f}" if report.median_score is not None else "n/a"
+    console.print(
+        f"run [bold]{report.run_id}[/] {report.recipe} on {report.dataset}: "
+        f"{report.trained} trained, [green]{report.passed} passed the gate[/], {report.rejected} rejected, "
+        f"[red]{report.failed} failed[/]"
+        + (f", {report.already_done} done before" if report.already_done else "")
+    )
+    console.print(f"median holdout score {median}; {report.seconds:.1f}s, {report.models_per_minute:,.0f} models/min")
+    for partition, reason in report.failures[:10]:
+        console.print(f"  [red]failed[/] {partition}: {reason}", highlight=False)
+    if len(report.failures) > 10:
+        console.print(f"  ... and {len(report.failures) - 10} more (see: modelfab runs ls --json)")

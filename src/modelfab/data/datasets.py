@@ -1,0 +1,115 @@
+"""Import CSV/Parquet files as immutable dataset versions and load them back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelfab.errors import DataError
+from modelfab.store import DatasetVersion, Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["column_kinds", "import_dataset", "load_dataset", "read_table", "table_digest"]
+
+MAX_COLUMNS = 10_000
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame, with errors that name the file and what to do."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; give the path of a .csv or .parquet file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".txt") or path.name.endswith(".csv.gz"):
+            df = pd.read_csv(path, low_memory=False)
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            raise DataError(f"{path}: unknown file type {suffix or '(none)'!r}; use .csv or .parquet")
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; a dataset needs a header row and data rows") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: not valid CSV: {str(exc).strip()}") from None
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot be read as {suffix.lstrip('.')}: {exc}") from None
+    return normalize(df, str(path))
+
+
+def normalize(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if df.shape[1] == 0 or df.shape[0] == 0:
+        raise DataError(f"{source}: the table has no {'columns' if df.shape[1] == 0 else 'rows'}")
+    if df.shape[1] > MAX_COLUMNS:
+        raise DataError(f"{source}: {df.shape[1]} columns is more than the {MAX_COLUMNS} modelfab accepts")
+    names = [str(c) for c in df.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"{source}: column names repeat: {dupes}; give every column a distinct name")
+    df = df.copy()
+    df.columns = pd.Index(names)
+    for col in df.columns:
+        if df[col].dtype == object or str(df[col].dtype).startswith("string"):
+            # Mixed objects are stored as text: one type per column keeps the digest stable.
+            df[col] = df[col].map(lambda x: x if x is None or isinstance(x, str) else str(x)).astype(object)
+            df[col] = df[col].where(df[col].notna(), None)
+    return df.reset_index(drop=True)
+
+
+def column_kinds(df: pd.DataFrame) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    out = []
+    for col in df.columns:
+        s = df[col]
+        if pd.api.types.is_bool_dtype(s):
+            kind = "bool"
+        elif pd.api.types.is_numeric_dtype(s):
+            kind = "numeric"
+        elif pd.api.types.is_datetime64_any_dtype(s):
+            kind = "datetime"
+        else:
+            kind = "categorical"
+        out.append({"name": col, "dtype": str(s.dtype), "kind": kind, "missing": int(s.isna().sum())})
+    return out
+
+
+def table_digest(df: pd.DataFrame) -> str:
+    """sha256 of the table's content and schema: the same data gives the same digest whatever the file."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    for col in df.columns:
+        h.update(f"{col}\0{df[col].dtype}\0".encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def import_dataset(ws: Workspace, name: str, path: str | Path) -> tuple[DatasetVersion, bool]:
+    """Import a file as a dataset version. Identical data returns the existing version (created=False)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", name):
+        raise DataError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_' or '-'")
+    df = read_table(path)
+    digest = table_digest(df)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    artifact = ws.artifacts.put(buf.getvalue())
+    return ws.registry.add_dataset(name, digest, artifact.digest, len(df), column_kinds(df), str(path))
+
+
+def load_dataset(ws: Workspace, dataset: DatasetVersion) -> pd.DataFrame:
+    import pandas as pd
+
+    data = ws.artifacts.get(dataset.data_digest)
+    return pd.read_parquet(io.BytesIO(data))

@@ -1,0 +1,143 @@
+"""One job: train, search, evaluate, export and store the model of one partition.
+
+Runs in executor workers. The plan's data reaches workers through the module-level context, inherited
+on fork (local pool) or loaded by the worker from the artifact store otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelfab.errors import ModelfabError, TrainingError
+from modelfab.factory.evaluate import score_all
+from modelfab.factory.export import onnx_signature, to_onnx_bytes, verify_parity
+from modelfab.factory.plan import JobSpec, Plan
+from modelfab.factory.profile import reference_profile
+from modelfab.factory.search import predict, search
+from modelfab.factory.trainers.sklearn import build_pipeline
+from modelfab.store import ArtifactStore, JobOutcome
+
+__all__ = ["JobContext", "install_context", "train_job"]
+
+
+@dataclass
+class JobContext:
+    plan: Plan
+    artifacts: ArtifactStore
+    version: str
+
+
+_CONTEXTS: dict[str, JobContext] = {}
+
+
+def install_context(ctx: JobContext) -> None:
+    _CONTEXTS[ctx.plan.run_id] = ctx
+
+
+def train_job(run_id: str, job: JobSpec) -> JobOutcome:
+    """Never raises for a bad partition: the outcome carries the reason instead."""
+    ctx = _CONTEXTS[run_id]
+    try:
+        with warnings.catch_warnings():
+            # Non-convergence is judged by the holdout metric and the gate, not by a warning.
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            return _train(ctx, job)
+    except ModelfabError as exc:
+        return _failed(ctx, job, exc.message)
+    except Exception as exc:  # one odd partition must not stop the others
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return _failed(ctx, job, f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})")
+
+
+def _failed(ctx: JobContext, job: JobSpec, reason: str) -> JobOutcome:
+    return JobOutcome(key=job.key, partition=job.partition, model=job.model, status="failed", reason=reason,
+                      recipe=ctx.plan.recipe.name)
+
+
+def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
+    from sklearn.model_selection import train_test_split
+
+    plan, recipe = ctx.plan, ctx.plan.recipe
+    features = plan.numeric + plan.categorical
+    part = plan.frame.iloc[plan.rows[job.key]]
+    part = part[part[recipe.target].notna()]
+    if len(part) == 0:
+        raise TrainingError(f"target {recipe.target!r} is missing in every row of this partition")
+    if len(part) < recipe.min_rows:
+        raise TrainingError(f"too few rows: {len(part)} labelled rows, the recipe needs min_rows {recipe.min_rows}")
+    x, y = part[features], part[recipe.target].to_numpy()
+    for c in plan.categorical:
+        x[c] = x[c].fillna("").astype(str)
+    classes = None
+    if recipe.task == "classification":
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2:
+            raise TrainingError(f"only one class ({classes[0]!r}) in the target; a classifier needs two or more")
+        stratify = y if int(counts.min()) >= 2 else None
+    else:
+        y = y.astype(float)
+        stratify = None
+    seed = recipe.split.seed
+    train_x, hold_x, train_y, hold_y = train_test_split(
+        x, y, test_size=recipe.split.holdout, random_state=seed, stratify=stratify
+    )
+    choice = search(recipe, train_x, train_y, plan.numeric, plan.categorical, seed)
+    model = build_pipeline(choice.family, recipe.task, choice.params, plan.numeric, plan.categorical, seed)
+    model.fit(train_x, train_y)
+    pred, proba = predict(model, hold_x, recipe.task)
+    metrics = score_all(recipe.task, hold_y, pred, proba, classes)
+    onnx_bytes = to_onnx_bytes(model, plan.numeric, plan.categorical, recipe.task)
+    metrics.update(verify_parity(onnx_bytes, model, hold_x, plan.numeric, plan.categorical, recipe.task))
+    if choice.best_validation is not None:
+        metrics["validation_" + recipe.metric] = float(choice.best_validation)
+    signal = proba[:, 1] if proba is not None and proba.shape[1] == 2 else (
+        proba.max(axis=1) if proba is not None else pred)
+    profile = reference_profile(train_x, plan.numeric, plan.categorical, predictions=signal)
+    artifact = ctx.artifacts.put(onnx_bytes)
+    profile_art = ctx.artifacts.put(json.dumps(profile, sort_keys=True).encode())
+    return JobOutcome(
+        key=job.key,
+        partition=job.partition,
+        model=job.model,
+        status="trained",
+        recipe=recipe.name,
+        metric=recipe.metric,
+        score=metrics.get(recipe.metric),
+        metrics=metrics,
+        params={"family": choice.family, **_jsonable(choice.params)},
+        lineage={
+            "recipe": recipe.name,
+            "recipe_digest": recipe.digest(),
+            "dataset": plan.dataset.name,
+            "dataset_version": plan.dataset.version,
+            "dataset_digest": plan.dataset.digest,
+            "partition": job.partition,
+            "partition_by": recipe.partition_by,
+            "seed": seed,
+            "trials": choice.trials,
+            "rows_train": len(train_x),
+            "rows_holdout": len(hold_x),
+            "run_id": plan.run_id,
+            "modelfab_version": ctx.version,
+        },
+        signature=onnx_signature(plan.numeric, plan.categorical, recipe.task, classes),
+        serving=recipe.serving.model_dump(),
+        artifact_digest=artifact.digest,
+        artifact_size=artifact.size,
+        profile_digest=profile_art.digest,
+    )
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        out[k] = v.item() if hasattr(v, "item") else list(v) if isinstance(v, tuple) else v
+    return out
+

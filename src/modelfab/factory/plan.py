@@ -1,0 +1,99 @@
+"""Planning: a recipe and a dataset version become one job per partition."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelfab.data.datasets import load_dataset
+from modelfab.errors import RecipeError
+from modelfab.recipe import Recipe
+from modelfab.store import DatasetVersion, Workspace
+
+__all__ = ["JobSpec", "Plan", "make_plan", "safe_name"]
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    key: str  # URL-safe partition name, unique in the run
+    partition: str | None  # the partition value as text (None: the whole table)
+    model: str  # {recipe}.{key}
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    dataset: DatasetVersion
+    run_id: str
+    numeric: list[str]
+    categorical: list[str]
+    jobs: list[JobSpec]
+    frame: Any = field(repr=False)
+    rows: dict[str, Any] = field(repr=False)  # job key -> row positions in frame
+    dropped_rows: int = 0
+
+
+def safe_name(value: str) -> str:
+    """A partition value made URL-safe: ``[A-Za-z0-9._-]``, never empty."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", value).strip(".") or "_"
+    return safe[:120]
+
+
+def make_plan(ws: Workspace, recipe: Recipe, recipe_file: str = "<recipe>") -> Plan:
+    dataset = ws.registry.get_dataset(recipe.dataset_name, recipe.dataset_version)
+    frame = load_dataset(ws, dataset)
+    numeric, categorical = _features(recipe, dataset, list(frame.columns), recipe_file)
+    run_id = hashlib.sha256(
+        f"{ws.registry.tenant}|{recipe.digest()}|{dataset.digest}".encode()
+    ).hexdigest()[:20]
+    dropped = 0
+    if recipe.partition_by is None:
+        rows = {ALL: frame.index.to_numpy()}
+        jobs = [JobSpec(ALL, None, f"{recipe.name}.{ALL}")]
+    else:
+        col = frame[recipe.partition_by]
+        dropped = int(col.isna().sum())
+        groups = frame.groupby(col.astype(str).where(col.notna()), sort=True, dropna=True).indices
+        rows, jobs, used = {}, [], set()
+        for value in sorted(groups):
+            key = safe_name(value)
+            if key in used:  # two values that differ only in unsafe characters
+                key = f"{key[:110]}-{hashlib.sha1(value.encode()).hexdigest()[:8]}"
+            used.add(key)
+            rows[key] = groups[value]
+            jobs.append(JobSpec(key, value, f"{recipe.name}.{key}"))
+    return Plan(recipe, dataset, run_id, numeric, categorical, jobs, frame, rows, dropped)
+
+
+def _features(
+    recipe: Recipe, dataset: DatasetVersion, columns: list[str], file: str
+) -> tuple[list[str], list[str]]:
+    kinds = {c["name"]: c["kind"] for c in dataset.columns}
+    available = ", ".join(columns)
+    for what, col in (("target", recipe.target), ("partition_by", recipe.partition_by)):
+        if col is not None and col not in kinds:
+            raise RecipeError(
+                f"field {what}: column {col!r} is not in dataset {dataset.ref}; columns are: {available}", file=file
+            )
+    if recipe.features is not None:
+        missing = [c for c in recipe.features if c not in kinds]
+        if missing:
+            raise RecipeError(
+                f"field features: {missing} not in dataset {dataset.ref}; columns are: {available}", file=file
+            )
+        unusable = [c for c in recipe.features if kinds[c] == "datetime"]
+        if unusable:
+            raise RecipeError(f"field features: datetime columns are not supported yet: {unusable}", file=file)
+        features = list(recipe.features)
+    else:
+        skip = {recipe.target, recipe.partition_by}
+        features = [c for c in columns if c not in skip and kinds[c] != "datetime"]
+    if not features:
+        raise RecipeError("field features: no feature columns remain; list them under features:", file=file)
+    numeric = [c for c in features if kinds[c] in ("numeric", "bool")]
+    categorical = [c for c in features if kinds[c] == "categorical"]
+    return numeric, categorical

@@ -1,0 +1,97 @@
+"""Hyperparameter search over a recipe's candidates: seeded optuna TPE on an inner validation split."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from modelfab.factory.evaluate import score_all
+from modelfab.factory.trainers.sklearn import build_pipeline
+from modelfab.recipe import LOWER_IS_BETTER, Candidate, Recipe, SearchRange
+
+__all__ = ["Choice", "default_choice", "predict", "search"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    family: str
+    params: dict[str, Any]
+    trials: int
+    best_validation: float | None
+
+
+def _midpoint(r: SearchRange) -> Any:
+    if r.choices is not None:
+        return r.choices[0]
+    assert r.low is not None and r.high is not None
+    mid = math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2
+    return round(mid) if r.is_int else mid
+
+
+def default_choice(cand: Candidate) -> Choice:
+    """With a single trial there is nothing to compare: the first candidate at the middle of each range."""
+    params = {**cand.params, **{k: _midpoint(r) for k, r in cand.search.items()}}
+    return Choice(cand.family, params, trials=1, best_validation=None)
+
+
+def predict(pipeline: Any, frame: Any, task: str) -> tuple[Any, Any | None]:
+    pred = pipeline.predict(frame)
+    proba = pipeline.predict_proba(frame) if task == "classification" else None
+    return pred, proba
+
+
+def search(
+    recipe: Recipe, train: Any, y: Any, numeric: list[str], categorical: list[str], seed: int
+) -> Choice:
+    if recipe.trials == 1:
+        return default_choice(recipe.candidates[0])
+    import optuna
+    from sklearn.model_selection import train_test_split
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stratify = y if recipe.task == "classification" and _can_stratify(y) else None
+    fit_x, val_x, fit_y, val_y = train_test_split(train, y, test_size=0.25, random_state=seed, stratify=stratify)
+    classes = np.unique(fit_y) if recipe.task == "classification" else None
+
+    def objective(trial: Any) -> float:
+        idx = trial.suggest_categorical("candidate", list(range(len(recipe.candidates))))
+        cand = recipe.candidates[idx]
+        params = dict(cand.params)
+        for key, r in cand.search.items():
+            params[key] = _suggest(trial, f"{cand.family}.{key}", r)
+        model = build_pipeline(cand.family, recipe.task, params, numeric, categorical, seed)
+        model.fit(fit_x, fit_y)
+        pred, proba = predict(model, val_x, recipe.task)
+        scores = score_all(recipe.task, np.asarray(val_y), pred, proba, classes)
+        value = scores.get(recipe.metric)
+        if value is None:
+            return math.inf if recipe.metric in LOWER_IS_BETTER else -math.inf
+        trial.set_user_attr("params", params)
+        return value
+
+    direction = "minimize" if recipe.metric in LOWER_IS_BETTER else "maximize"
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(objective, n_trials=recipe.trials, catch=(ValueError,))
+    done = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
+    if not done:
+        return default_choice(recipe.candidates[0])
+    best = study.best_trial
+    cand = recipe.candidates[best.params["candidate"]]
+    return Choice(cand.family, best.user_attrs["params"], trials=len(study.trials), best_validation=best.value)
+
+
+def _suggest(trial: Any, name: str, r: SearchRange) -> Any:
+    if r.choices is not None:
+        return r.choices[trial.suggest_categorical(name, list(range(len(r.choices))))]
+    assert r.low is not None and r.high is not None
+    if r.is_int:
+        return trial.suggest_int(name, int(r.low), int(r.high), log=r.log)
+    return trial.suggest_float(name, float(r.low), float(r.high), log=r.log)
+
+
+def _can_stratify(y: Any) -> bool:
+    _, counts = np.unique(y, return_counts=True)
+    return len(counts) > 1 and int(counts.min()) >= 2

@@ -1,0 +1,265 @@
+"""Recipes: what models to make, validated by pydantic, with errors that name file, line and field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelfab.errors import RecipeError
+from modelfab.families import FAMILIES, FAMILY_ALIASES
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "LOWER_IS_BETTER",
+    "REGRESSION_METRICS",
+    "Candidate",
+    "Gate",
+    "IterateSpec",
+    "Recipe",
+    "SearchRange",
+    "load_recipe",
+    "parse_recipe",
+]
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2")
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SearchRange(_Strict):
+    """A numeric range (integers when both ends are integers) or a list of choices."""
+
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchRange:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices must list at least one value")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices: [...])")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+class Candidate(_Strict):
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, SearchRange] = Field(default_factory=dict)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, v: str) -> str:
+        v = FAMILY_ALIASES.get(v, v)
+        if v not in FAMILIES:
+            raise ValueError(f"unknown family {v!r}; allowed: {', '.join(sorted(FAMILIES))}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_params(self) -> Candidate:
+        allowed = FAMILIES[self.family]
+        for where, keys in (("search", self.search), ("params", self.params)):
+            unknown = sorted(set(keys) - allowed)
+            if unknown:
+                raise ValueError(
+                    f"{where} names {', '.join(unknown)}, which {self.family} does not take; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+        return self
+
+
+class Split(_Strict):
+    holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class Gate(_Strict):
+    min: float | None = None
+    max: float | None = None
+    beat_champion_by: float | None = Field(default=None, ge=0.0)
+
+
+class Serving(_Strict):
+    max_batch_size: int = Field(default=64, ge=1, le=65536)
+    max_wait_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
+
+
+class Canary(_Strict):
+    share: float = Field(default=0.2, gt=0.0, lt=1.0)
+    min_labels: int = Field(default=100, ge=1)
+
+
+class Triggers(_Strict):
+    drift_psi: float | None = Field(default=0.25, gt=0.0)
+    metric_drop: float | None = Field(default=0.05, ge=0.0)
+    new_labels: int | None = Field(default=None, ge=1)
+
+
+class IterateSpec(_Strict):
+    triggers: Triggers = Field(default_factory=Triggers)
+    min_samples: int = Field(default=200, ge=1)
+    window: int = Field(default=2000, ge=1)
+    beat_champion_by: float = Field(default=0.01, ge=0.0)
+    canary: Canary = Field(default_factory=Canary)
+    cooldown: str = "0s"
+    shadow: bool = False
+
+    @field_validator("cooldown")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h|d)", str(v)):
+            raise ValueError("cooldown must be a duration such as 0s, 90s, 15m, 2h or 1d")
+        return str(v)
+
+
+class Resources(_Strict):
+    cpus: float = Field(default=1.0, gt=0.0)
+    gpus: float = Field(default=0.0, ge=0.0)
+    memory: str | None = None
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    task: Literal["classification", "regression"]
+    dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(@\d+)?$")
+    target: str
+    partition_by: str | None = None
+    features: list[str] | None = None
+    split: Split = Field(default_factory=Split)
+    candidates: list[Candidate] = Field(min_length=1)
+    trials: int = Field(default=1, ge=1, le=10_000)
+    metric: str
+    gate: Gate = Field(default_factory=Gate)
+    min_rows: int = Field(default=50, ge=2)
+    serving: Serving = Field(default_factory=Serving)
+    iterate: IterateSpec | None = None
+    resources: Resources = Field(default_factory=Resources)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> Recipe:
+        allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        if self.metric not in allowed:
+            raise ValueError(f"metric {self.metric!r} does not fit task {self.task}; allowed: {', '.join(allowed)}")
+        if self.metric in LOWER_IS_BETTER and self.gate.min is not None:
+            raise ValueError(f"gate.min does not fit {self.metric}, where lower is better; use gate: {{max: ...}}")
+        if self.metric not in LOWER_IS_BETTER and self.gate.max is not None:
+            raise ValueError(f"gate.max does not fit {self.metric}, where higher is better; use gate: {{min: ...}}")
+        if self.features is not None:
+            clash = {self.target, self.partition_by} & set(self.features)
+            if clash:
+                raise ValueError(f"features must not include the target or partition column: {sorted(clash)}")
+        return self
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset.split("@")[0]
+
+    @property
+    def dataset_version(self) -> int | None:
+        return int(self.dataset.split("@")[1]) if "@" in self.dataset else None
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+    def digest(self) -> str:
+        """Stable sha256 of the recipe's content (not its formatting)."""
+        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecipeError("recipe file not found; check the path", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe: {exc}", file=str(path)) from None
+    return parse_recipe(text, file=str(path))
+
+
+def parse_recipe(text: str, file: str = "<recipe>") -> Recipe:
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"malformed YAML: {problem}", file=file, line=line) from None
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a YAML mapping of fields (name:, task:, ...)", file=file, line=1)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        field = ".".join(str(p) for p in loc) or "(recipe)"
+        msg = _message(err, field)
+        more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+        raise RecipeError(f"field {field}: {msg}{more}", file=file, line=_line_of(node, loc)) from None
+
+
+def _message(err: Any, field: str) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field; remove it or check its spelling"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"{err['msg'].lower()}, got {err.get('input')!r}"
+    if kind == "string_pattern_mismatch":
+        return f"{err.get('input')!r} is not allowed: use letters, digits, '.', '_' or '-'"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _line_of(node: Any, loc: list[Any]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (or its nearest parent that exists)."""
+    import yaml
+
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for key, value in node.value:
+                if key.value == part:
+                    line = key.start_mark.line + 1
+                    nxt = value
+                    break
+            if nxt is None:
+                return line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

@@ -1,0 +1,245 @@
+"""Loaded models in an LRU bounded by bytes, with single-flight loading, pins and an idle TTL.
+
+Everything here runs on the worker's event loop thread except the load itself (fetch, digest check,
+session build), which runs in a thread; so the bookkeeping needs no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from modelfab.errors import IntegrityError, ModelfabError, OverloadedError, UnavailableError
+from modelfab.serve.runtime import OnnxModel, session_overhead_bytes
+from modelfab.serve.source import VersionInfo
+
+__all__ = ["Candidate", "ModelCache", "choose_evictions", "idle_keys"]
+
+log = logging.getLogger("modelfab.serve")
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    key: Key
+    size: int
+    last_used: float
+    busy: bool
+
+
+def choose_evictions(entries: Sequence[Candidate], used: int, budget: int, incoming: int) -> list[Key] | None:
+    """Least recently used idle entries to drop so ``incoming`` bytes fit; None when they cannot fit."""
+    need = used + incoming - budget
+    if need <= 0:
+        return []
+    chosen: list[Key] = []
+    for c in sorted((c for c in entries if not c.busy), key=lambda c: c.last_used):
+        chosen.append(c.key)
+        need -= c.size
+        if need <= 0:
+            return chosen
+    return None
+
+
+def idle_keys(entries: Sequence[Candidate], now: float, ttl: float) -> list[Key]:
+    """Entries idle for longer than ``ttl`` seconds and not busy (scale to zero per model)."""
+    return [c.key for c in entries if not c.busy and now - c.last_used > ttl]
+
+
+@dataclass(slots=True)
+class _Entry:
+    info: VersionInfo
+    size: int
+    model: OnnxModel | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    inflight: int = 0
+    pinned: bool = False
+
+
+def _retrieve(task: asyncio.Task[OnnxModel]) -> None:
+    # Waiters re-raise the error themselves; this only keeps asyncio from logging it as unretrieved.
+    if not task.cancelled():
+        task.exception()
+
+
+class CacheEvents:
+    """Hooks the cache calls; metrics subclass it."""
+
+    def loaded(self, name: str, version: int, size: int, seconds: float) -> None: ...
+    def evicted(self, name: str, version: int, size: int, reason: str) -> None: ...
+
+
+class ModelCache:
+    def __init__(
+        self,
+        fetch: Callable[[str], bytes],
+        budget_bytes: int,
+        *,
+        threads_per_model: int = 1,
+        events: CacheEvents | None = None,
+        failure_ttl: float = 5.0,
+    ) -> None:
+        self._fetch = fetch
+        self.budget = budget_bytes
+        self._threads = threads_per_model
+        self._events = events or CacheEvents()
+        self._entries: dict[Key, _Entry] = {}
+        self._loading: dict[Key, asyncio.Task[OnnxModel]] = {}
+        self._failures: dict[Key, tuple[float, ModelfabError]] = {}
+        self._failure_ttl = failure_ttl
+        self._pinned_names: set[str] = set()
+        self.used = 0
+
+    # -- queries ---------------------------------------------------------------------------------------
+    def loaded(self) -> list[tuple[str, int]]:
+        return [k for k, e in self._entries.items() if e.model is not None]
+
+    def is_loaded(self, name: str, version: int) -> bool:
+        e = self._entries.get((name, version))
+        return e is not None and e.model is not None
+
+    def _candidates(self) -> list[Candidate]:
+        return [
+            Candidate(k, e.size, e.last_used, e.inflight > 0 or e.pinned or e.model is None)
+            for k, e in self._entries.items()
+        ]
+
+    # -- use -------------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def use(self, info: VersionInfo) -> AsyncIterator[OnnxModel]:
+        """Hold a loaded model for one request; it cannot be evicted until the block exits."""
+        key = (info.name, info.version)
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None and entry.model is not None:
+                break
+            await self._load(info)
+        entry.inflight += 1
+        entry.last_used = time.monotonic()
+        try:
+            assert entry.model is not None
+            yield entry.model
+        finally:
+            entry.inflight -= 1
+            entry.last_used = time.monotonic()
+
+    async def _load(self, info: VersionInfo) -> None:
+        key = (info.name, info.version)
+        task = self._loading.get(key)
+        if task is None:
+            failed = self._failures.get(key)
+            if failed is not None and failed[0] > time.monotonic():
+                raise failed[1]
+            size = max(int(info.artifact_size), 0) + session_overhead_bytes
+            if size > self.budget:
+                raise UnavailableError(
+                    f"model {info.name} version {info.version} needs about {size} bytes but the memory "
+                    f"budget is {self.budget}; raise --max-memory"
+                )
+            self._make_room(size)
+            entry = _Entry(info=info, size=size, pinned=info.name in self._pinned_names)
+            self._entries[key] = entry
+            self.used += size
+            # A task, so a client hanging up does not cancel a load others are waiting on.
+            task = asyncio.create_task(self._load_into(entry))
+            task.add_done_callback(_retrieve)
+            self._loading[key] = task
+        await asyncio.shield(task)
+
+    async def _load_into(self, entry: _Entry) -> OnnxModel:
+        info = entry.info
+        key = (info.name, info.version)
+        started = time.monotonic()
+        try:
+            model = await asyncio.to_thread(self._build, info)
+        except Exception as exc:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+                self.used -= entry.size
+            err = exc if isinstance(exc, ModelfabError) else UnavailableError(f"loading failed: {exc}")
+            self._failures[key] = (time.monotonic() + self._failure_ttl, err)
+            raise err from None
+        finally:
+            self._loading.pop(key, None)
+        if self._entries.get(key) is entry:
+            self.used += model.resident_bytes - entry.size
+            entry.size = model.resident_bytes
+            entry.model = model
+        self._failures.pop(key, None)
+        self._events.loaded(info.name, info.version, model.resident_bytes, time.monotonic() - started)
+        return model
+
+    def _build(self, info: VersionInfo) -> OnnxModel:
+        try:
+            data = self._fetch(info.artifact_digest)
+        except IntegrityError as exc:
+            log.error(
+                "refusing model %s version %s: artifact %s failed its digest check (%s)",
+                info.name,
+                info.version,
+                info.artifact_digest[:12],
+                exc,
+            )
+            raise UnavailableError(
+                f"model {info.name} version {info.version} is unavailable: its artifact failed the "
+                "sha256 check and was refused"
+            ) from None
+        except ModelfabError as exc:
+            if exc.status_code == 404:
+                raise
+            log.error("cannot load model %s version %s: %s", info.name, info.version, exc)
+            raise UnavailableError(
+                f"model {info.name} version {info.version} is unavailable: {exc}"
+            ) from None
+        return OnnxModel(info.name, info.version, data, threads=self._threads)
+
+    def _make_room(self, incoming: int) -> None:
+        victims = choose_evictions(self._candidates(), self.used, self.budget, incoming)
+        if victims is None:
+            raise OverloadedError(
+                "the model memory budget is full of models in use; retry shortly", retry_after=1.0
+            )
+        for key in victims:
+            self._drop(key, "lru")
+
+    def _drop(self, key: Key, reason: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self.used -= entry.size
+        entry.model = None
+        self._events.evicted(key[0], key[1], entry.size, reason)
+
+    # -- management ------------------------------------------------------------------------------------
+    async def load(self, info: VersionInfo, *, pin: bool = True) -> None:
+        """Load now (repository extension); pinned models are never evicted or expired."""
+        if pin:
+            self._pinned_names.add(info.name)
+        async with self.use(info):
+            pass
+        for (name, _), entry in self._entries.items():
+            if name == info.name:
+                entry.pinned = pin or entry.pinned
+
+    def unload(self, name: str) -> int:
+        """Unpin and drop every idle loaded version of ``name``; returns how many were dropped."""
+        self._pinned_names.discard(name)
+        dropped = 0
+        for key, entry in list(self._entries.items()):
+            if key[0] == name:
+                entry.pinned = False
+                if entry.inflight == 0 and entry.model is not None:
+                    self._drop(key, "unload")
+                    dropped += 1
+        return dropped
+
+    def sweep(self, ttl: float, now: float | None = None) -> list[Key]:
+        """Unload models idle longer than ``ttl``."""
+        keys = idle_keys(self._candidates(), time.monotonic() if now is None else now, ttl)
+        for key in keys:
+            self._drop(key, "idle")
+        return keys

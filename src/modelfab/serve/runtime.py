@@ -1,0 +1,113 @@
+"""An ONNX model behind one ONNX Runtime session: metadata, input checks and runs.
+
+Metadata comes from the session itself, so any ONNX graph is served, not only factory models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
+from modelfab.serve.datatypes import ort_type_to_oip
+from modelfab.serve.types import Array, TensorSpec
+
+__all__ = ["OnnxModel", "session_overhead_bytes"]
+
+# What a session costs beyond its weights (graph, kernels, allocator state), measured on small MLPs.
+session_overhead_bytes = 256 * 1024
+
+
+def _dims(shape: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+class OnnxModel:
+    """A loaded model version. Thread-safe: ONNX Runtime sessions allow concurrent ``run`` calls."""
+
+    def __init__(self, name: str, version: int, onnx: bytes, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        # Many small models share one process: the arena would keep a high-water mark per session.
+        opts.enable_cpu_mem_arena = False
+        try:
+            self._session = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own untyped errors for bad graphs
+            raise UnavailableError(
+                f"model {name} version {version} is not a loadable ONNX graph: {exc}"
+            ) from None
+        self.name = name
+        self.version = version
+        self.resident_bytes = len(onnx) + session_overhead_bytes
+        inputs: list[TensorSpec] = []
+        for arg in self._session.get_inputs():
+            datatype = ort_type_to_oip(arg.type)
+            if datatype is None:
+                raise UnavailableError(f"model {name}: input '{arg.name}' has type {arg.type}, not a tensor")
+            inputs.append(TensorSpec(arg.name, datatype, _dims(arg.shape)))
+        outputs: list[TensorSpec] = []
+        for arg in self._session.get_outputs():
+            datatype = ort_type_to_oip(arg.type)
+            if datatype is not None:  # non-tensor outputs (e.g. ZipMap) are not served
+                outputs.append(TensorSpec(arg.name, datatype, _dims(arg.shape)))
+        if not outputs:
+            raise UnavailableError(f"model {name}: no tensor outputs to serve")
+        self.inputs: tuple[TensorSpec, ...] = tuple(inputs)
+        self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
+        self._input_by_name = {s.name: s for s in inputs}
+        self.output_names: tuple[str, ...] = tuple(s.name for s in outputs)
+        self.batchable = all(len(s.shape) >= 1 and s.shape[0] == -1 for s in (*inputs, *outputs))
+
+    def check(self, feeds: Mapping[str, Array]) -> int:
+        """Check names, datatypes and shapes; return the batch rows (first dimension) of the request."""
+        from modelfab.serve.datatypes import oip_datatype_of
+
+        for name in feeds:
+            if name not in self._input_by_name:
+                expected = ", ".join(s.name for s in self.inputs)
+                raise InvalidInputError(f"unknown input '{name}'; model {self.name} takes: {expected}")
+        rows = -1
+        for spec in self.inputs:
+            array = feeds.get(spec.name)
+            if array is None:
+                raise InvalidInputError(
+                    f"missing input '{spec.name}' ({spec.datatype} {list(spec.shape)}) for model {self.name}"
+                )
+            got = oip_datatype_of(array)
+            if got != spec.datatype:
+                raise InvalidInputError(f"input '{spec.name}': expected datatype {spec.datatype}, got {got}")
+            shape = array.shape
+            if len(shape) != len(spec.shape) or any(
+                want not in (-1, have) for want, have in zip(spec.shape, shape, strict=True)
+            ):
+                raise InvalidInputError(
+                    f"input '{spec.name}': shape {list(shape)} does not match the model's {list(spec.shape)}"
+                )
+            if self.batchable:
+                if rows not in (-1, shape[0]):
+                    raise InvalidInputError(
+                        f"input '{spec.name}': batch size {shape[0]} differs from the other inputs' {rows}"
+                    )
+                rows = shape[0]
+        return max(rows, 1)
+
+    def run(self, feeds: Mapping[str, Array], output_names: Sequence[str] | None = None) -> dict[str, Array]:
+        names = list(output_names) if output_names else list(self.output_names)
+        try:
+            results = self._session.run(names, dict(feeds))
+        except Exception as exc:
+            text = str(exc)
+            if "INVALID_ARGUMENT" in text or "Invalid" in text:
+                raise InvalidInputError(
+                    f"model {self.name} rejected the input: {_first_line(text)}"
+                ) from None
+            raise ModelfabError(f"model {self.name} failed to run: {_first_line(text)}") from None
+        return dict(zip(names, results, strict=True))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "unknown error"

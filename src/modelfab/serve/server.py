@@ -1,0 +1,94 @@
+"""``run_server``: what ``modelfab serve`` calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from modelfab.errors import ConfigError
+from modelfab.serve.autoscale import ScalePolicy
+from modelfab.serve.options import ServeOptions, parse_bytes
+from modelfab.serve.supervisor import Supervisor, WorkerSpec
+
+__all__ = ["DEFAULT_SOURCE", "run_server"]
+
+log = logging.getLogger("modelfab.serve")
+DEFAULT_SOURCE = "modelfab.serve.source:workspace_source"
+
+
+def run_server(
+    settings: Any,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grpc_port: int | None = 8001,
+    workers: int | str = "auto",
+    max_memory_bytes: int | str = "1GiB",
+    *,
+    min_workers: int = 1,
+    max_batch_size: int = 64,
+    max_wait_ms: float = 2.0,
+    queue_size: int = 256,
+    request_timeout_s: float = 30.0,
+    max_body_bytes: int | str = "64MiB",
+    idle_ttl_s: float = 600.0,
+    log_sample_rate: float = 1.0,
+    pinned: Sequence[str] = (),
+    source_factory: str = DEFAULT_SOURCE,
+    log_level: str = "INFO",
+) -> None:
+    """Serve every registered model over OIP v2 REST (``port``) and gRPC (``grpc_port``; None: off).
+
+    ``workers="auto"`` starts one worker and lets the autoscaler grow to the core count; a number fixes the
+    count. ``max_memory_bytes`` (e.g. ``"512MiB"``) bounds the loaded models of the whole server: each
+    worker gets an equal share of it. Blocks until SIGINT/SIGTERM.
+    """
+    cores = os.cpu_count() or 1
+    if workers == "auto":
+        count, policy = min_workers, ScalePolicy(min_workers=min_workers, max_workers=cores)
+    elif isinstance(workers, int) or (isinstance(workers, str) and workers.isdigit()):
+        count, policy = int(workers), None
+    else:
+        raise ConfigError(f"--workers must be a number or 'auto', not {workers!r}")
+    if count < 1:
+        raise ConfigError("--workers must be at least 1")
+    if not 0.0 <= log_sample_rate <= 1.0:
+        raise ConfigError("the prediction log sampling rate must be between 0 and 1")
+    capacity = policy.max_workers if policy else count
+    budget = parse_bytes(max_memory_bytes)
+    options = ServeOptions(
+        max_memory_bytes=budget // capacity,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        request_timeout_s=request_timeout_s,
+        max_body_bytes=parse_bytes(max_body_bytes),
+        idle_ttl_s=idle_ttl_s,
+        log_sample_rate=log_sample_rate,
+        pinned=tuple(pinned),
+    )
+    home = Path(settings.home)
+    run_dir = home / "run"
+    metrics_dir = run_dir / f"metrics-{os.getpid()}"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    # Must be set before the forkserver starts so every worker's prometheus_client sees it.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    logging.basicConfig(level=log_level, format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    spec = WorkerSpec(settings, host, port, grpc_port, options, source_factory, log_level)
+    log.info(
+        "serving on http://%s:%d%s with %s worker(s), %d bytes of models per worker; metrics at /metrics",
+        host,
+        port,
+        f" and grpc {host}:{grpc_port}" if grpc_port else "",
+        workers,
+        options.max_memory_bytes,
+    )
+    try:
+        Supervisor(spec, count, policy=policy, status_file=run_dir / "serve.json").run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -1,0 +1,132 @@
+"""Where the server finds models: the registry and artifact store, behind a small protocol.
+
+Lookups are cached for ``ttl`` seconds so the hot path does not hit SQL per request, while an alias moved
+by the iteration loop is picked up within that time.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from modelfab.errors import InvalidInputError, ModelfabError, NotFoundError
+
+__all__ = ["CachedSource", "ModelSource", "VersionInfo", "WorkspaceSource", "check_model_name", "parse_ref"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+
+def check_model_name(name: str) -> str:
+    """Refuse names that could be path tricks or garbage before they reach the registry."""
+    if not _NAME.match(name) or ".." in name:
+        raise NotFoundError(
+            f"no model named {name[:80]!r}: names are letters, digits, '.', '_' and '-' (no '..')"
+        )
+    return name
+
+
+def parse_ref(ref: str | None) -> str | int | None:
+    """A URL version segment: a number, an alias name, or None for champion."""
+    if ref is None or ref == "":
+        return None
+    if ref.isdigit():
+        return int(ref)
+    if not _NAME.match(ref):
+        raise InvalidInputError(f"version {ref[:40]!r} is neither a number nor an alias name")
+    return ref
+
+
+class VersionInfo(Protocol):
+    """The part of the registry's ``ModelVersion`` the server reads."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def artifact_digest(self) -> str: ...
+    @property
+    def artifact_size(self) -> int: ...
+    @property
+    def aliases(self) -> list[str]: ...
+    @property
+    def serving(self) -> dict[str, Any]: ...
+
+
+class ModelSource(Protocol):
+    def resolve(self, name: str, ref: str | int | None) -> VersionInfo: ...
+    def fetch(self, digest: str) -> bytes: ...
+    def index(self) -> Sequence[VersionInfo]: ...
+
+
+class WorkspaceSource:
+    """A :class:`ModelSource` over a workspace's registry and artifact store."""
+
+    def __init__(self, workspace: Any) -> None:
+        self._ws = workspace
+
+    def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
+        info: VersionInfo = self._ws.registry.get_version(name, ref)
+        return info
+
+    def fetch(self, digest: str) -> bytes:
+        data: bytes = self._ws.artifacts.get(digest)
+        return data
+
+    def index(self) -> Sequence[VersionInfo]:
+        versions: list[VersionInfo] = list(self._ws.registry.list_versions(limit=100_000))
+        return versions
+
+
+class CachedSource:
+    """Wraps a source with a time-bounded cache of resolutions (including 'not found')."""
+
+    def __init__(self, inner: ModelSource, ttl: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.inner = inner
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str | int | None], tuple[float, VersionInfo | ModelfabError]] = {}
+
+    def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
+        key = (name, ref)
+        now = self._clock()
+        hit = self._cache.get(key)
+        if hit is None or hit[0] < now:
+            try:
+                value: VersionInfo | ModelfabError = self.inner.resolve(check_model_name(name), ref)
+            except NotFoundError as exc:
+                value = exc
+            with self._lock:
+                if len(self._cache) > 100_000:
+                    self._cache.clear()
+                self._cache[key] = (now + self.ttl, value)
+            hit = (now + self.ttl, value)
+        if isinstance(hit[1], ModelfabError):
+            raise NotFoundError(hit[1].message)
+        return hit[1]
+
+    def is_fresh(self, name: str, ref: str | int | None) -> bool:
+        """Whether ``resolve`` would answer from the cache, without I/O."""
+        hit = self._cache.get((name, ref))
+        return hit is not None and hit[0] >= self._clock()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def fetch(self, digest: str) -> bytes:
+        return self.inner.fetch(digest)
+
+    def index(self) -> Sequence[VersionInfo]:
+        return self.inner.index()
+
+
+def workspace_source(settings: Any) -> ModelSource:
+    """The default source of ``modelfab serve``: the workspace of ``settings``."""
+    from modelfab.store import Workspace
+
+    return WorkspaceSource(Workspace.open(settings))

@@ -1,0 +1,51 @@
+"""Transport-neutral inference request and response values shared by REST and gRPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["InferRequest", "InferResponse", "RequestedOutput", "TensorSpec"]
+
+Array = np.ndarray[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One model input or output: OIP datatype and shape, -1 for a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool = False
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded request: named numpy inputs in the order the client sent them."""
+
+    inputs: dict[str, Array]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None
+    binary_outputs: bool = False
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: dict[str, Array]
+    prediction_id: str
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,63 @@
+"""Settings from the environment (prefix ``MODELFAB_``) with defaults for a laptop."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Where state lives and how to reach it.
+
+    All state lives under ``home`` unless ``database_url`` or ``artifact_url`` point elsewhere.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MODELFAB_", extra="ignore")
+
+    home: Path = Field(default=Path(".modelfab"), description="workspace folder")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in home")
+    artifact_url: str | None = Field(default=None, description="fsspec URL of the artifact store")
+    encryption_key: str | None = Field(
+        default=None, repr=False, description="AES-256 key: 64 hex chars or base64 of 32 bytes"
+    )
+    encryption_key_file: Path | None = Field(default=None, description="file holding the key")
+    tenant: str = Field(default="default")
+    executor: str = Field(default="local")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'registry.db').absolute()}"
+
+    @cached_property
+    def resolved_artifact_url(self) -> str:
+        if self.artifact_url:
+            return self.artifact_url
+        return str((self.home / "artifacts").absolute())
+
+    def key_bytes(self) -> bytes | None:
+        """The encryption key as 32 bytes, or None when encryption is off."""
+        from modelfab.store.crypto import parse_key
+
+        if self.encryption_key:
+            return parse_key(self.encryption_key, source="MODELFAB_ENCRYPTION_KEY")
+        if self.encryption_key_file is not None:
+            from modelfab.errors import EncryptionError
+
+            try:
+                text = self.encryption_key_file.read_text().strip()
+            except OSError as exc:
+                raise EncryptionError(
+                    f"cannot read key file {self.encryption_key_file}: {exc.strerror}; "
+                    "fix MODELFAB_ENCRYPTION_KEY_FILE"
+                ) from None
+            return parse_key(text, source=str(self.encryption_key_file))
+        return None

@@ -1,0 +1,144 @@
+"""Registry tables (SQLAlchemy Core). Every table carries ``tenant`` from day one.
+
+The Alembic migrations in ``migrations/versions`` create exactly these tables; a test compares them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("data_digest", String(64), nullable=False),
+    Column("rows", BigInteger, nullable=False),
+    Column("columns", JSON, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant", "name", "version", name="uq_datasets_version"),
+    UniqueConstraint("tenant", "name", "digest", name="uq_datasets_digest"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(64), nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("recipe", String(200), nullable=False),
+    Column("recipe_digest", String(64), nullable=False),
+    Column("dataset", String(200), nullable=False),
+    Column("dataset_version", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("priority", String(10), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "id", name="pk_runs"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("partition", String(500), nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("model", String(300), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "run_id", "key", name="pk_jobs"),
+    ForeignKeyConstraint(["tenant", "run_id"], ["runs.tenant", "runs.id"], name="fk_jobs_run"),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("recipe", String(200), nullable=True),
+    Column("partition", String(500), nullable=True),
+    Column("latest_version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "name", name="pk_models"),
+)
+Index("ix_models_recipe", models.c.tenant, models.c.recipe, models.c.name)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("run_id", String(64), nullable=True),
+    Column("job_key", String(200), nullable=True),
+    Column("metric", String(20), nullable=True),
+    Column("score", Float, nullable=True),
+    Column("metrics", JSON, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("lineage", JSON, nullable=False),
+    Column("signature", JSON, nullable=False),
+    Column("serving", JSON, nullable=False),
+    Column("artifact_digest", String(64), nullable=False),
+    Column("artifact_size", BigInteger, nullable=False),
+    Column("profile_digest", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "name", "version", name="pk_model_versions"),
+    ForeignKeyConstraint(["tenant", "name"], ["models.tenant", "models.name"], name="fk_versions_model"),
+    UniqueConstraint("tenant", "run_id", "job_key", name="uq_versions_job"),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "name", "alias", name="pk_aliases"),
+    ForeignKeyConstraint(
+        ["tenant", "name", "version"],
+        ["model_versions.tenant", "model_versions.name", "model_versions.version"],
+        name="fk_aliases_version",
+    ),
+)
+
+alias_history = Table(
+    "alias_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("previous", Integer, nullable=True),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_alias_history_name", alias_history.c.tenant, alias_history.c.name, alias_history.c.id)
