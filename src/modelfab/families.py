@@ -19,4 +19,8 @@ FAMILIES: dict[str, frozenset[str]] = {
 }
 
 # accepted spellings that mean the same family
-FAMILY_ALIASES = {"linear": "linear_regression", "logistic": "logistic_regression", "ridge": "linear_regression"}
+FAMILY_ALIASES = {
+    "linear": "linear_regression",
+    "logistic": "logistic_regression",
+    "ridge": "linear_regression",
+}

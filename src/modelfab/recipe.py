@@ -163,13 +163,19 @@ class Recipe(_Strict):
     def _metric_fits_task(self) -> Recipe:
         allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
         if self.metric not in allowed:
-            raise ValueError(f"metric {self.metric!r} does not fit task {self.task}; allowed: {', '.join(allowed)}")
+            raise ValueError(
+                f"metric {self.metric!r} does not fit task {self.task}; allowed: {', '.join(allowed)}"
+            )
         if self.metric in LOWER_IS_BETTER and self.gate.min is not None:
-            raise ValueError(f"gate.min does not fit {self.metric}, where lower is better; use gate: {{max: ...}}")
+            raise ValueError(
+                f"gate.min does not fit {self.metric}, where lower is better; use gate: {{max: ...}}"
+            )
         if self.metric not in LOWER_IS_BETTER and self.gate.max is not None:
-            raise ValueError(f"gate.max does not fit {self.metric}, where higher is better; use gate: {{min: ...}}")
+            raise ValueError(
+                f"gate.max does not fit {self.metric}, where higher is better; use gate: {{min: ...}}"
+            )
         if self.features is not None:
-            clash = {self.target, self.partition_by} & set(self.features)
+            clash = {c for c in (self.target, self.partition_by) if c is not None} & set(self.features)
             if clash:
                 raise ValueError(f"features must not include the target or partition column: {sorted(clash)}")
         return self

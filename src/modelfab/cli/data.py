@@ -9,7 +9,9 @@ import typer
 
 from modelfab.cli.common import console, open_workspace, print_json
 
-app = typer.Typer(help="Import and list datasets (immutable, content-addressed versions).", no_args_is_help=True)
+app = typer.Typer(
+    help="Import and list datasets (immutable, content-addressed versions).", no_args_is_help=True
+)
 
 
 @app.command("import")
@@ -24,12 +26,22 @@ def import_(
     ws = open_workspace()
     version, created = import_dataset(ws, name, file)
     if json_out:
-        print_json({"name": version.name, "version": version.version, "digest": version.digest,
-                    "rows": version.rows, "created": created, "columns": version.columns})
+        print_json(
+            {
+                "name": version.name,
+                "version": version.version,
+                "digest": version.digest,
+                "rows": version.rows,
+                "created": created,
+                "columns": version.columns,
+            }
+        )
         return
     verb = "imported" if created else "unchanged, already stored as"
-    console.print(f"{verb} [bold]{version.ref}[/]: {version.rows:,} rows, {len(version.columns)} columns, "
-                  f"sha256 {version.digest[:12]}")
+    console.print(
+        f"{verb} [bold]{version.ref}[/]: {version.rows:,} rows, {len(version.columns)} columns, "
+        f"sha256 {version.digest[:12]}"
+    )
 
 
 @app.command("ls")
@@ -40,12 +52,29 @@ def ls(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
     ws = open_workspace()
     rows = ws.registry.list_datasets()
     if json_out:
-        print_json([{"name": d.name, "version": d.version, "digest": d.digest, "rows": d.rows,
-                     "columns": d.columns, "source": d.source, "created_at": d.created_at.isoformat()}
-                    for d in rows])
+        print_json(
+            [
+                {
+                    "name": d.name,
+                    "version": d.version,
+                    "digest": d.digest,
+                    "rows": d.rows,
+                    "columns": d.columns,
+                    "source": d.source,
+                    "created_at": d.created_at.isoformat(),
+                }
+                for d in rows
+            ]
+        )
         return
     table = Table("dataset", "version", "rows", "columns", "sha256", "imported")
     for d in rows:
-        table.add_row(d.name, str(d.version), f"{d.rows:,}", str(len(d.columns)), d.digest[:12],
-                      d.created_at.strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            d.name,
+            str(d.version),
+            f"{d.rows:,}",
+            str(len(d.columns)),
+            d.digest[:12],
+            d.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
     console.print(table)

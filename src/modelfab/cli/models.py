@@ -10,7 +10,9 @@ import typer
 from modelfab.cli.common import console, err_console, open_workspace, parse_model_ref, print_json
 
 models_app = typer.Typer(help="List, show and export registered model versions.", no_args_is_help=True)
-alias_app = typer.Typer(help="Move aliases (champion, challenger, ...) and read their history.", no_args_is_help=True)
+alias_app = typer.Typer(
+    help="Move aliases (champion, challenger, ...) and read their history.", no_args_is_help=True
+)
 runs_app = typer.Typer(help="Production runs and their jobs.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -19,9 +21,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 @models_app.command("ls")
 def ls(
     recipe: Annotated[str | None, typer.Option(help="Only models of this recipe.")] = None,
-    all_versions: Annotated[bool, typer.Option("--all", help="Every version, not just each model's latest.")] = False,
+    all_versions: Annotated[
+        bool, typer.Option("--all", help="Every version, not just each model's latest.")
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows (a page).")] = 200,
-    after: Annotated[str | None, typer.Option(help="Start after NAME@VERSION (the last row of a page).")] = None,
+    after: Annotated[
+        str | None, typer.Option(help="Start after NAME@VERSION (the last row of a page).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List model versions, one page at a time in name order."""
@@ -45,8 +51,16 @@ def ls(
         table = Table("name", "version", "status", "aliases", "metric", "score", "family", "created")
         for r in rows:
             score = f"{r.score:.4f}" if r.score is not None else ""
-            table.add_row(r.name, str(r.version), r.status, ",".join(r.aliases), r.metric or "", score,
-                          str(r.params.get("family", "")), r.created_at.strftime("%Y-%m-%d %H:%M"))
+            table.add_row(
+                r.name,
+                str(r.version),
+                r.status,
+                ",".join(r.aliases),
+                r.metric or "",
+                score,
+                str(r.params.get("family", "")),
+                r.created_at.strftime("%Y-%m-%d %H:%M"),
+            )
         console.print(table)
     if more:
         last = rows[-1]
@@ -65,12 +79,16 @@ def show(
     if json_out:
         print_json(mv.to_json())
         return
-    console.print(f"[bold]{mv.name}[/] version {mv.version} ({mv.status})  aliases: {', '.join(mv.aliases) or '-'}")
+    console.print(
+        f"[bold]{mv.name}[/] version {mv.version} ({mv.status})  aliases: {', '.join(mv.aliases) or '-'}"
+    )
     console.print(f"  metric {mv.metric} = {mv.score}")
     console.print(f"  metrics {mv.metrics}", highlight=False)
     console.print(f"  params {mv.params}", highlight=False)
     console.print(f"  lineage {mv.lineage}", highlight=False)
-    console.print("  inputs " + ", ".join(f"{i['name']}:{i['datatype']}" for i in mv.signature.get("inputs", [])))
+    console.print(
+        "  inputs " + ", ".join(f"{i['name']}:{i['datatype']}" for i in mv.signature.get("inputs", []))
+    )
     console.print(f"  artifact sha256 {mv.artifact_digest} ({mv.artifact_size:,} bytes)")
 
 
@@ -89,7 +107,9 @@ def export(
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, out)
-    console.print(f"wrote {mv.name}@{mv.version} to {out} ({len(data):,} bytes, sha256 {mv.artifact_digest[:12]})")
+    console.print(
+        f"wrote {mv.name}@{mv.version} to {out} ({len(data):,} bytes, sha256 {mv.artifact_digest[:12]})"
+    )
 
 
 @alias_app.command("set")
@@ -123,8 +143,14 @@ def alias_history(
 
     table = Table("time", "alias", "version", "previous", "actor", "reason")
     for e in events:
-        table.add_row(e.time.strftime("%Y-%m-%d %H:%M:%S"), e.alias, str(e.version), str(e.previous or ""),
-                      e.actor, e.reason)
+        table.add_row(
+            e.time.strftime("%Y-%m-%d %H:%M:%S"),
+            e.alias,
+            str(e.version),
+            str(e.previous or ""),
+            e.actor,
+            e.reason,
+        )
     console.print(table)
 
 
@@ -141,9 +167,21 @@ def runs_ls(
         return
     from rich.table import Table
 
-    table = Table("run", "recipe", "dataset", "status", "priority", "jobs", "done", "failed", "pending", "started")
+    table = Table(
+        "run", "recipe", "dataset", "status", "priority", "jobs", "done", "failed", "pending", "started"
+    )
     for r in runs:
         c = r.counts
-        table.add_row(r.id, r.recipe, r.dataset, r.status, r.priority, str(r.total), str(c.get("done", 0)),
-                      str(c.get("failed", 0)), str(c.get("pending", 0)), r.created_at.strftime("%Y-%m-%d %H:%M"))
+        table.add_row(
+            r.id,
+            r.recipe,
+            r.dataset,
+            r.status,
+            r.priority,
+            str(r.total),
+            str(c.get("done", 0)),
+            str(c.get("failed", 0)),
+            str(c.get("pending", 0)),
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
     console.print(table)

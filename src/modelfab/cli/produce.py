@@ -37,9 +37,20 @@ def produce(
     ex = make_executor(executor, workers) if executor else None
     from modelfab.cli.progress import run_progress
 
-    with run_progress(f"produce {spec.name}", enabled=not (json_out or no_progress)) as (on_start, on_progress):
-        report = run(ws, spec, recipe_file=str(recipe), executor=ex, workers=workers, priority=priority,
-                     on_start=on_start, on_progress=on_progress)
+    with run_progress(f"produce {spec.name}", enabled=not (json_out or no_progress)) as (
+        on_start,
+        on_progress,
+    ):
+        report = run(
+            ws,
+            spec,
+            recipe_file=str(recipe),
+            executor=ex,
+            workers=workers,
+            priority=priority,
+            on_start=on_start,
+            on_progress=on_progress,
+        )
     if json_out:
         print_json(report.to_json())
     else:
@@ -50,8 +61,10 @@ def produce(
 
 def print_report(report: RunReport) -> None:
     if report.already_done == report.total and report.trained == report.failed == 0:
-        console.print(f"run {report.run_id} of {report.recipe} on {report.dataset} is already complete: "
-                      f"nothing new to produce ({report.total} jobs done before).")
+        console.print(
+            f"run {report.run_id} of {report.recipe} on {report.dataset} is already complete: "
+            f"nothing new to produce ({report.total} jobs done before)."
+        )
         return
     if report.interrupted:
         err_console.print("[yellow]stopped[/]: finished jobs are registered; run the same command to resume.")
@@ -62,7 +75,9 @@ def print_report(report: RunReport) -> None:
         f"[red]{report.failed} failed[/]"
         + (f", {report.already_done} done before" if report.already_done else "")
     )
-    console.print(f"median holdout score {median}; {report.seconds:.1f}s, {report.models_per_minute:,.0f} models/min")
+    console.print(
+        f"median holdout score {median}; {report.seconds:.1f}s, {report.models_per_minute:,.0f} models/min"
+    )
     for partition, reason in report.failures[:10]:
         console.print(f"  [red]failed[/] {partition}: {reason}", highlight=False)
     if len(report.failures) > 10:

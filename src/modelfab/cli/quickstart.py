@@ -36,14 +36,19 @@ def quickstart(
     console.print(f"[bold]1/3[/] generating {sites} sites x ~{rows:,} customers -> {csv}")
     churn_frame(sites=sites, rows_per_site=rows, seed=seed).to_csv(csv, index=False)
     version, created = import_dataset(ws, "churn", csv)
-    console.print(f"[bold]2/3[/] dataset {version.ref}: {version.rows:,} rows"
-                  + ("" if created else " (unchanged since last import)"))
+    console.print(
+        f"[bold]2/3[/] dataset {version.ref}: {version.rows:,} rows"
+        + ("" if created else " (unchanged since last import)")
+    )
     recipe_text = RECIPE.read_text()
     recipe = parse_recipe(recipe_text, file=str(RECIPE))
-    console.print(f"[bold]3/3[/] producing one model per site with recipe {recipe.name} ({recipe.trials} trials each)")
+    console.print(
+        f"[bold]3/3[/] producing one model per site with recipe {recipe.name} ({recipe.trials} trials each)"
+    )
     with run_progress(f"produce {recipe.name}") as (on_start, on_progress):
-        report = produce(ws, recipe, recipe_file=str(RECIPE), workers=workers, on_start=on_start,
-                         on_progress=on_progress)
+        report = produce(
+            ws, recipe, recipe_file=str(RECIPE), workers=workers, on_start=on_start, on_progress=on_progress
+        )
     print_report(report)
     total = ws.registry.list_versions(recipe=recipe.name, limit=100_000)
     champions = [v for v in total if "champion" in v.aliases]

@@ -34,4 +34,6 @@ def make_executor(kind: str, workers: int | None = None, **options: Any) -> Exec
         from modelfab.compute.local import LocalExecutor
 
         return LocalExecutor(workers)
-    raise ConfigError(f"unknown executor {kind!r}; use 'local' (the Ray executor comes with modelfab[cluster])")
+    raise ConfigError(
+        f"unknown executor {kind!r}; use 'local' (the Ray executor comes with modelfab[cluster])"
+    )

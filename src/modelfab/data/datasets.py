@@ -27,7 +27,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: no such file; give the path of a .csv or .parquet file")
     suffix = path.suffix.lower()
     try:
-        if suffix in (".csv", ".txt") or path.name.endswith(".csv.gz"):
+        if suffix in (".csv", ".txt"):
+            _check_csv_header(path)
             df = pd.read_csv(path, low_memory=False)
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
@@ -42,6 +43,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except (UnicodeDecodeError, ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot be read as {suffix.lstrip('.')}: {exc}") from None
     return normalize(df, str(path))
+
+
+def _check_csv_header(path: Path) -> None:
+    """pandas renames repeated headers (a, a.1); a repeated name is a mistake the user should see."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh), [])
+    dupes = sorted({n for n in header if header.count(n) > 1})
+    if dupes:
+        raise DataError(f"{path}: column names repeat: {dupes}; give every column a distinct name")
 
 
 def normalize(df: pd.DataFrame, source: str) -> pd.DataFrame:

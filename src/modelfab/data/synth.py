@@ -16,7 +16,11 @@ CONTRACTS = np.array(["monthly", "annual", "two_year"])
 
 
 def churn_frame(
-    sites: int = 200, rows_per_site: int = 2000, seed: int = 0, tiny_sites: int = 2, shift: dict[str, float] | None = None
+    sites: int = 200,
+    rows_per_site: int = 2000,
+    seed: int = 0,
+    tiny_sites: int = 2,
+    shift: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Customers of ``sites`` sites; each site has its own churn drivers, so one model per site pays off.
 

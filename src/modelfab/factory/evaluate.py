@@ -25,7 +25,9 @@ def score_all(task: str, y_true: Any, pred: Any, proba: Any | None, classes: Any
         return _finite(out)
     out["accuracy"] = float(m.accuracy_score(y_true, pred))
     binary = classes is not None and len(classes) == 2
-    out["f1"] = float(m.f1_score(y_true, pred, average="binary" if binary else "macro", pos_label=_pos(classes)))
+    out["f1"] = float(
+        m.f1_score(y_true, pred, average="binary" if binary else "macro", pos_label=_pos(classes))
+    )
     if proba is not None and classes is not None and len(np.unique(y_true)) >= 2:
         try:
             if binary:
@@ -59,9 +61,7 @@ def apply_gate(metric: str, score: float | None, gate: Gate, champion: float | N
         return False, f"{metric} {score:.4f} is below the gate minimum {gate.min}"
     if gate.max is not None and score > gate.max:
         return False, f"{metric} {score:.4f} is above the gate maximum {gate.max}"
-    if gate.beat_champion_by is not None and champion is not None:
-        if not better(metric, score, champion, gate.beat_champion_by):
-            return False, (
-                f"{metric} {score:.4f} does not beat the champion's {champion:.4f} by {gate.beat_champion_by}"
-            )
+    margin = gate.beat_champion_by
+    if margin is not None and champion is not None and not better(metric, score, champion, margin):
+        return False, f"{metric} {score:.4f} does not beat the champion's {champion:.4f} by {margin}"
     return True, "passed the gate"

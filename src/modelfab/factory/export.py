@@ -77,7 +77,9 @@ def verify_parity(
         scale = max(float(np.std(want)), 1e-6)
         diff = float(np.max(np.abs(got - want))) / scale if len(want) else 0.0
         if diff > 1e-3:
-            raise TrainingError(f"ONNX predictions differ from scikit-learn by {diff:.2e} (relative to spread)")
+            raise TrainingError(
+                f"ONNX predictions differ from scikit-learn by {diff:.2e} (relative to spread)"
+            )
         return {"onnx_max_rel_diff": diff}
     labels, proba = outputs[0], np.asarray(outputs[1], dtype=float)
     want_proba = pipeline.predict_proba(frame)
@@ -92,7 +94,9 @@ def verify_parity(
     return {"onnx_max_abs_diff": max_diff, "onnx_label_agreement": agree}
 
 
-def onnx_signature(numeric: list[str], categorical: list[str], task: str, classes: Any | None) -> dict[str, Any]:
+def onnx_signature(
+    numeric: list[str], categorical: list[str], task: str, classes: Any | None
+) -> dict[str, Any]:
     """The OIP-style description of the graph's inputs and outputs (batch dimension -1)."""
     inputs = [{"name": c, "datatype": "FP32", "shape": [-1, 1]} for c in numeric]
     inputs += [{"name": c, "datatype": "BYTES", "shape": [-1, 1]} for c in categorical]

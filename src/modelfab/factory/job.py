@@ -57,8 +57,14 @@ def train_job(run_id: str, job: JobSpec) -> JobOutcome:
 
 
 def _failed(ctx: JobContext, job: JobSpec, reason: str) -> JobOutcome:
-    return JobOutcome(key=job.key, partition=job.partition, model=job.model, status="failed", reason=reason,
-                      recipe=ctx.plan.recipe.name)
+    return JobOutcome(
+        key=job.key,
+        partition=job.partition,
+        model=job.model,
+        status="failed",
+        reason=reason,
+        recipe=ctx.plan.recipe.name,
+    )
 
 
 def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
@@ -71,7 +77,9 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
     if len(part) == 0:
         raise TrainingError(f"target {recipe.target!r} is missing in every row of this partition")
     if len(part) < recipe.min_rows:
-        raise TrainingError(f"too few rows: {len(part)} labelled rows, the recipe needs min_rows {recipe.min_rows}")
+        raise TrainingError(
+            f"too few rows: {len(part)} labelled rows, the recipe needs min_rows {recipe.min_rows}"
+        )
     x, y = part[features], part[recipe.target].to_numpy()
     for c in plan.categorical:
         x[c] = x[c].fillna("").astype(str)
@@ -79,7 +87,9 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
     if recipe.task == "classification":
         classes, counts = np.unique(y, return_counts=True)
         if len(classes) < 2:
-            raise TrainingError(f"only one class ({classes[0]!r}) in the target; a classifier needs two or more")
+            raise TrainingError(
+                f"only one class ({classes[0]!r}) in the target; a classifier needs two or more"
+            )
         stratify = y if int(counts.min()) >= 2 else None
     else:
         y = y.astype(float)
@@ -97,8 +107,11 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
     metrics.update(verify_parity(onnx_bytes, model, hold_x, plan.numeric, plan.categorical, recipe.task))
     if choice.best_validation is not None:
         metrics["validation_" + recipe.metric] = float(choice.best_validation)
-    signal = proba[:, 1] if proba is not None and proba.shape[1] == 2 else (
-        proba.max(axis=1) if proba is not None else pred)
+    signal = (
+        proba[:, 1]
+        if proba is not None and proba.shape[1] == 2
+        else (proba.max(axis=1) if proba is not None else pred)
+    )
     profile = reference_profile(train_x, plan.numeric, plan.categorical, predictions=signal)
     artifact = ctx.artifacts.put(onnx_bytes)
     profile_art = ctx.artifacts.put(json.dumps(profile, sort_keys=True).encode())
@@ -140,4 +153,3 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     for k, v in params.items():
         out[k] = v.item() if hasattr(v, "item") else list(v) if isinstance(v, tuple) else v
     return out
-

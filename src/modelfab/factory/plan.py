@@ -47,9 +47,9 @@ def make_plan(ws: Workspace, recipe: Recipe, recipe_file: str = "<recipe>") -> P
     dataset = ws.registry.get_dataset(recipe.dataset_name, recipe.dataset_version)
     frame = load_dataset(ws, dataset)
     numeric, categorical = _features(recipe, dataset, list(frame.columns), recipe_file)
-    run_id = hashlib.sha256(
-        f"{ws.registry.tenant}|{recipe.digest()}|{dataset.digest}".encode()
-    ).hexdigest()[:20]
+    run_id = hashlib.sha256(f"{ws.registry.tenant}|{recipe.digest()}|{dataset.digest}".encode()).hexdigest()[
+        :20
+    ]
     dropped = 0
     if recipe.partition_by is None:
         rows = {ALL: frame.index.to_numpy()}
@@ -77,7 +77,8 @@ def _features(
     for what, col in (("target", recipe.target), ("partition_by", recipe.partition_by)):
         if col is not None and col not in kinds:
             raise RecipeError(
-                f"field {what}: column {col!r} is not in dataset {dataset.ref}; columns are: {available}", file=file
+                f"field {what}: column {col!r} is not in dataset {dataset.ref}; columns are: {available}",
+                file=file,
             )
     if recipe.features is not None:
         missing = [c for c in recipe.features if c not in kinds]
@@ -87,7 +88,9 @@ def _features(
             )
         unusable = [c for c in recipe.features if kinds[c] == "datetime"]
         if unusable:
-            raise RecipeError(f"field features: datetime columns are not supported yet: {unusable}", file=file)
+            raise RecipeError(
+                f"field features: datetime columns are not supported yet: {unusable}", file=file
+            )
         features = list(recipe.features)
     else:
         skip = {recipe.target, recipe.partition_by}

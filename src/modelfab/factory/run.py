@@ -140,8 +140,14 @@ def produce(
 
 def _crashed(plan: Plan, job: Any, exc: BaseException) -> JobOutcome:
     reason = exc.message if isinstance(exc, ModelfabError) else f"worker failed: {type(exc).__name__}: {exc}"
-    return JobOutcome(key=job.key, partition=job.partition, model=job.model, status="failed", reason=reason,
-                      recipe=plan.recipe.name)
+    return JobOutcome(
+        key=job.key,
+        partition=job.partition,
+        model=job.model,
+        status="failed",
+        reason=reason,
+        recipe=plan.recipe.name,
+    )
 
 
 def _gate(plan: Plan, o: JobOutcome, champions: dict[str, float | None], report: RunReport) -> None:

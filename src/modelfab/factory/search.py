@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -53,7 +53,9 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stratify = y if recipe.task == "classification" and _can_stratify(y) else None
-    fit_x, val_x, fit_y, val_y = train_test_split(train, y, test_size=0.25, random_state=seed, stratify=stratify)
+    fit_x, val_x, fit_y, val_y = train_test_split(
+        train, y, test_size=0.25, random_state=seed, stratify=stratify
+    )
     classes = np.unique(fit_y) if recipe.task == "classification" else None
 
     def objective(trial: Any) -> float:
@@ -72,7 +74,9 @@ def search(
         trial.set_user_attr("params", params)
         return value
 
-    direction = "minimize" if recipe.metric in LOWER_IS_BETTER else "maximize"
+    direction: Literal["minimize", "maximize"] = (
+        "minimize" if recipe.metric in LOWER_IS_BETTER else "maximize"
+    )
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
     study.optimize(objective, n_trials=recipe.trials, catch=(ValueError,))
     done = [t for t in study.trials if t.value is not None and math.isfinite(t.value)]
@@ -80,7 +84,9 @@ def search(
         return default_choice(recipe.candidates[0])
     best = study.best_trial
     cand = recipe.candidates[best.params["candidate"]]
-    return Choice(cand.family, best.user_attrs["params"], trials=len(study.trials), best_validation=best.value)
+    return Choice(
+        cand.family, best.user_attrs["params"], trials=len(study.trials), best_validation=best.value
+    )
 
 
 def _suggest(trial: Any, name: str, r: SearchRange) -> Any:

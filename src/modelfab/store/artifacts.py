@@ -1,4 +1,4 @@
-"""Content-addressed artifact store on fsspec: sha256-named blobs, written temp-then-rename, verified on read."""
+"""Content-addressed artifact store on fsspec: sha256-named blobs, temp-then-rename, verified on read."""
 
 from __future__ import annotations
 

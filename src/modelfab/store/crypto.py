@@ -53,7 +53,8 @@ def decrypt(blob: bytes, key: bytes | None, associated: bytes, what: str) -> byt
 
     if key is None:
         raise EncryptionError(
-            f"{what} is encrypted and no key is set; set MODELFAB_ENCRYPTION_KEY or MODELFAB_ENCRYPTION_KEY_FILE"
+            f"{what} is encrypted and no key is set; "
+            "set MODELFAB_ENCRYPTION_KEY or MODELFAB_ENCRYPTION_KEY_FILE"
         )
     body = blob[len(MAGIC) :]
     nonce, sealed = body[:NONCE_BYTES], body[NONCE_BYTES:]

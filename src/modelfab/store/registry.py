@@ -46,9 +46,10 @@ class Registry:
     def add_dataset(
         self, name: str, digest: str, data_digest: str, rows: int, columns: list[dict[str, Any]], source: str
     ) -> tuple[DatasetVersion, bool]:
-        """Register a dataset version; identical content returns the existing one. Returns (version, created)."""
+        """Register a dataset version; identical content returns the existing one (created is False)."""
         d = t.datasets
         with write_tx(self.engine) as conn:
+            _serialize(conn, "dataset", self.tenant, name)
             found = conn.execute(
                 sa.select(d).where(d.c.tenant == self.tenant, d.c.name == name, d.c.digest == digest)
             ).first()
@@ -57,20 +58,9 @@ class Registry:
             latest = conn.execute(
                 sa.select(sa.func.max(d.c.version)).where(d.c.tenant == self.tenant, d.c.name == name)
             ).scalar()
-            values = {
-                "tenant": self.tenant,
-                "name": name,
-                "version": (latest or 0) + 1,
-                "digest": digest,
-                "data_digest": data_digest,
-                "rows": rows,
-                "columns": columns,
-                "source": source,
-                "created_at": now(),
-            }
-            conn.execute(sa.insert(d).values(**values))
-        values.pop("tenant")
-        return DatasetVersion(**values), True
+            made = DatasetVersion(name, (latest or 0) + 1, digest, data_digest, rows, columns, source, now())
+            conn.execute(sa.insert(d).values(tenant=self.tenant, **made.__dict__))
+        return made, True
 
     def get_dataset(self, name: str, version: int | None = None) -> DatasetVersion:
         d = t.datasets
@@ -105,6 +95,7 @@ class Registry:
         """Create the run and its jobs unless they exist. Returns True when the run is new."""
         ts = now()
         with write_tx(self.engine) as conn:
+            _serialize(conn, "run", self.tenant, run_id)
             exists = conn.execute(
                 sa.select(t.runs.c.id).where(t.runs.c.tenant == self.tenant, t.runs.c.id == run_id)
             ).first()
@@ -220,7 +211,9 @@ class Registry:
                     [{"m_name": k, "m_latest": v} for k, v in latest.items()],
                 )
             for name, version in alias_moves:
-                self._move_alias(conn, name, CHAMPION, version, "factory", f"passed the gate in run {run_id}", ts)
+                self._move_alias(
+                    conn, name, CHAMPION, version, "factory", f"passed the gate in run {run_id}", ts
+                )
             for o in outcomes:
                 result.setdefault(o.key, already.get(o.key))
             if run_id:
@@ -260,7 +253,9 @@ class Registry:
         ).all()
         return {r.job_key: r.version for r in rows}
 
-    def _reserve_versions(self, conn: Connection, fresh: Sequence[JobOutcome], ts: datetime) -> dict[str, int]:
+    def _reserve_versions(
+        self, conn: Connection, fresh: Sequence[JobOutcome], ts: datetime
+    ) -> dict[str, int]:
         """Create missing model rows and lock them; returns each model's latest version number."""
         names = sorted({o.model for o in fresh})
         if not names:
@@ -360,7 +355,9 @@ class Registry:
             else:
                 q = q.where(m.c.recipe == recipe)
         if after is not None:
-            q = q.where(sa.tuple_(v.c.name, v.c.version) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1])))
+            q = q.where(
+                sa.tuple_(v.c.name, v.c.version) > sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
+            )
         q = q.order_by(v.c.name, v.c.version).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
@@ -384,7 +381,9 @@ class Registry:
             for chunk in _chunks(names, 500):
                 q = (
                     sa.select(a.c.name, v.c.score)
-                    .join(v, sa.and_(v.c.tenant == a.c.tenant, v.c.name == a.c.name, v.c.version == a.c.version))
+                    .join(
+                        v, sa.and_(v.c.tenant == a.c.tenant, v.c.name == a.c.name, v.c.version == a.c.version)
+                    )
                     .where(a.c.tenant == self.tenant, a.c.alias == CHAMPION, a.c.name.in_(chunk))
                 )
                 out.update({r.name: r.score for r in conn.execute(q)})
@@ -397,7 +396,9 @@ class Registry:
         names = sorted({k[0] for k in keys})
         out: dict[tuple[str, int], list[str]] = {}
         for chunk in _chunks(names, 500):
-            q = sa.select(a.c.name, a.c.version, a.c.alias).where(a.c.tenant == self.tenant, a.c.name.in_(chunk))
+            q = sa.select(a.c.name, a.c.version, a.c.alias).where(
+                a.c.tenant == self.tenant, a.c.name.in_(chunk)
+            )
             for r in conn.execute(q.order_by(a.c.alias)):
                 out.setdefault((r.name, r.version), []).append(r.alias)
         return out
@@ -416,16 +417,28 @@ class Registry:
             if version is not None:
                 v = t.model_versions
                 found = conn.execute(
-                    sa.select(v.c.version).where(v.c.tenant == self.tenant, v.c.name == name, v.c.version == version)
+                    sa.select(v.c.version).where(
+                        v.c.tenant == self.tenant, v.c.name == name, v.c.version == version
+                    )
                 ).first()
                 if found is None:
                     self._resolve(conn, name, "latest")  # raises a clear 'model does not exist'
-                    raise NotFoundError(f"model {name!r} has no version {version}; see: modelfab models show {name}")
+                    raise NotFoundError(
+                        f"model {name!r} has no version {version}; see: modelfab models show {name}"
+                    )
             return self._move_alias(conn, name, alias, version, actor, reason, now())
 
     def _move_alias(
-        self, conn: Connection, name: str, alias: str, version: int | None, actor: str, reason: str, ts: datetime
+        self,
+        conn: Connection,
+        name: str,
+        alias: str,
+        version: int | None,
+        actor: str,
+        reason: str,
+        ts: datetime,
     ) -> int | None:
+        _serialize(conn, "alias", self.tenant, name, alias)
         a = t.aliases
         where = sa.and_(a.c.tenant == self.tenant, a.c.name == name, a.c.alias == alias)
         q = sa.select(a.c.version).where(where)
@@ -438,7 +451,9 @@ class Registry:
             conn.execute(sa.delete(a).where(where))
         elif previous is None:
             conn.execute(
-                sa.insert(a).values(tenant=self.tenant, name=name, alias=alias, version=version, updated_at=ts)
+                sa.insert(a).values(
+                    tenant=self.tenant, name=name, alias=alias, version=version, updated_at=ts
+                )
             )
         else:
             conn.execute(sa.update(a).where(where).values(version=version, updated_at=ts))
@@ -466,13 +481,23 @@ class Registry:
             if not rows:
                 self._resolve(conn, name, "latest")
         return [
-            AliasEvent(r.name, r.alias, r.version, r.previous, r.actor, r.reason, _aware(r.created_at)) for r in rows
+            AliasEvent(r.name, r.alias, r.version, r.previous, r.actor, r.reason, _aware(r.created_at))
+            for r in rows
         ]
 
     def count_versions(self) -> int:
         v = t.model_versions
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).where(v.c.tenant == self.tenant)).scalar() or 0)
+            return int(
+                conn.execute(sa.select(sa.func.count()).where(v.c.tenant == self.tenant)).scalar() or 0
+            )
+
+
+def _serialize(conn: Connection, *key: str) -> None:
+    """Make writers of the same key take turns until commit. SQLite needs nothing: BEGIN IMMEDIATE
+    already admits one writer at a time; PostgreSQL gets a transaction-scoped advisory lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": "|".join(key)})
 
 
 def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -491,7 +516,9 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[i : i + size]
 
 
-def _version_row(tenant: str, run_id: str | None, o: JobOutcome, version: int, ts: datetime) -> dict[str, Any]:
+def _version_row(
+    tenant: str, run_id: str | None, o: JobOutcome, version: int, ts: datetime
+) -> dict[str, Any]:
     return {
         "tenant": tenant,
         "name": o.model,

@@ -93,7 +93,9 @@ def upgrade() -> None:
         sa.Column("profile_digest", sa.String(64), nullable=True),
         sa.Column("created_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("tenant", "name", "version", name="pk_model_versions"),
-        sa.ForeignKeyConstraint(["tenant", "name"], ["models.tenant", "models.name"], name="fk_versions_model"),
+        sa.ForeignKeyConstraint(
+            ["tenant", "name"], ["models.tenant", "models.name"], name="fk_versions_model"
+        ),
         sa.UniqueConstraint("tenant", "run_id", "job_key", name="uq_versions_job"),
     )
     op.create_table(

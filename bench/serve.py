@@ -1,0 +1,249 @@
+"""Serving benchmark: modelfab against peers, same models, same load, same machine. Run by hand.
+
+    .venv/bin/python bench/serve.py [--seconds 10] [--conns 32] [--workers 1,2] [--only tiny,heavy,many]
+
+Peers: a minimal Starlette + uvicorn + onnxruntime endpoint (always), LitServe and Ray Serve when a peers
+virtualenv at bench/out/peers has them (``python -m venv bench/out/peers && bench/out/peers/bin/pip install
+litserve 'ray[serve]' onnxruntime numpy``); a missing peer is skipped with the reason. Load comes from a
+separate process (bench/serve_load.py: keep-alive HTTP/1.1 on asyncio), OIP v2 JSON bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out" / "serve"
+PEERS_PY = HERE / "out" / "peers" / "bin" / "python"
+sys.path.insert(0, str(HERE))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_ready(
+    port: int, path: str, body: bytes, proc: subprocess.Popen[bytes], timeout: float = 120
+) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            r = httpx.post(
+                f"http://127.0.0.1:{port}{path}",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=5,
+            )
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("server did not become ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def load(port: int, paths: list[str], body_file: Path, conns: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "serve_load.py"),
+            "--port",
+            str(port),
+            "--paths",
+            json.dumps(paths),
+            "--body",
+            str(body_file),
+            "--conns",
+            str(conns),
+            "--seconds",
+            str(seconds),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def modelfab_cmd(port: int, home: Path, workers: int, memory: str) -> tuple[list[str], dict[str, str]]:
+    script = (
+        "from modelfab.settings import Settings\nfrom modelfab.serve import run_server\n"
+        f"run_server(Settings(home={str(home)!r}), port={port}, grpc_port=None, workers={workers}, "
+        f"max_memory_bytes={memory!r}, source_factory='serve_source:folder_source', log_level='WARNING')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE)])}
+    return [sys.executable, "-c", script], env
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(OUT / "server.log", "ab")
+    )
+
+
+def run_peer(
+    name: str,
+    launch: Callable[[int], subprocess.Popen[bytes]],
+    paths: list[str],
+    body: Path,
+    args: argparse.Namespace,
+) -> dict[str, float] | str:
+    port = free_port()
+    try:
+        proc = launch(port)
+    except (OSError, RuntimeError) as exc:
+        return f"skipped: {exc}"
+    try:
+        wait_ready(port, paths[0], body.read_bytes(), proc)
+        return load(port, paths, body, args.conns, args.seconds)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        return f"skipped: {exc}"
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    from serve_models import HEAVY, TINY, train_mlp, write_registry
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--only", default="tiny,heavy,many")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    home = OUT / "home"
+    registry = home / "bench_registry"
+    print("training models on digits ...", flush=True)
+    tiny, heavy = train_mlp(TINY), train_mlp(HEAVY)
+    many = {f"small-{i:04d}": tiny for i in range(1000)}
+    write_registry(registry, {"tiny": tiny, "heavy": heavy, **many})
+    (OUT / "tiny.onnx").write_bytes(tiny)
+    (OUT / "heavy.onnx").write_bytes(heavy)
+    row = [round(random.Random(0).random(), 4) for _ in range(64)]
+    body = OUT / "body.json"
+    body.write_bytes(
+        json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": row}]}
+        ).encode()
+    )
+    has_peers = PEERS_PY.exists()
+    results: dict[str, dict[str, dict[str, float] | str]] = {}
+    for scenario in args.only.split(","):
+        res: dict[str, dict[str, float] | str] = {}
+        if scenario in ("tiny", "heavy"):
+            paths = [f"/v2/models/{scenario}/infer"]
+            onnx_path = str(OUT / f"{scenario}.onnx")
+            for w in [int(x) for x in args.workers.split(",")]:
+                res[f"modelfab x{w}"] = run_peer(
+                    "modelfab", lambda p, w=w: start(*modelfab_cmd(p, home, w, "1GiB")), paths, body, args
+                )
+            res["starlette"] = run_peer(
+                "starlette",
+                lambda p: start(
+                    [
+                        sys.executable,
+                        str(HERE / "serve_starlette.py"),
+                        "--port",
+                        str(p),
+                        "--registry",
+                        str(registry),
+                    ]
+                ),
+                paths,
+                body,
+                args,
+            )
+            for peer, script in (("litserve", "serve_litserve.py"), ("ray serve", "serve_ray.py")):
+                if not has_peers:
+                    res[peer] = f"skipped: no peers venv at {PEERS_PY.parent.parent}"
+                    continue
+                res[peer] = run_peer(
+                    peer,
+                    lambda p, s=script, o=onnx_path, n=scenario: start(
+                        [str(PEERS_PY), str(HERE / s), o, str(p), n]
+                    ),
+                    paths,
+                    body,
+                    args,
+                )
+        elif scenario == "many":
+            paths = [f"/v2/models/{n}/infer" for n in many]
+            # budget for ~200 resident small models across the server
+            budget = str(200 * (len(tiny) + 256 * 1024))
+            for w in [int(x) for x in args.workers.split(",")]:
+                res[f"modelfab x{w}"] = run_peer(
+                    "modelfab",
+                    lambda p, w=w, b=budget: start(*modelfab_cmd(p, home, w, b)),
+                    paths,
+                    body,
+                    args,
+                )
+            res["starlette lru200"] = run_peer(
+                "starlette",
+                lambda p: start(
+                    [
+                        sys.executable,
+                        str(HERE / "serve_starlette.py"),
+                        "--port",
+                        str(p),
+                        "--registry",
+                        str(registry),
+                        "--lru",
+                        "200",
+                    ]
+                ),
+                paths,
+                body,
+                args,
+            )
+            res["ray serve multiplexed"] = "skipped: not implemented in this benchmark yet"
+        results[scenario] = res
+        print(f"\n== {scenario} ({args.conns} connections, {args.seconds}s) ==")
+        base = res.get("starlette") or res.get("starlette lru200")
+        for peer, r in res.items():
+            if isinstance(r, str):
+                print(f"  {peer:24s} {r}")
+                continue
+            ratio = (
+                f"{r['rps'] / base['rps']:.2f}x starlette" if isinstance(base, dict) and base["rps"] else ""
+            )
+            print(
+                f"  {peer:24s} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
+                f"  errors {r['errors']}  {ratio}"
+            )
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\nresults in {OUT / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Recipes: the issue's example works as written; bad recipes name file, line, field and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelfab.errors import RecipeError
+from modelfab.recipe import load_recipe, parse_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BASE = """name: churn
+task: classification
+dataset: churn
+target: churned
+candidates:
+  - family: logistic_regression
+metric: roc_auc
+"""
+
+
+def test_example_recipe_as_written() -> None:
+    r = load_recipe(ROOT / "examples" / "churn.yaml")
+    assert (r.name, r.task, r.dataset_name, r.partition_by, r.trials, r.metric, r.min_rows) == (
+        "churn",
+        "classification",
+        "churn",
+        "site",
+        8,
+        "roc_auc",
+        50,
+    )
+    assert r.gate.min == 0.6 and r.split.holdout == 0.2 and r.split.seed == 7
+    depth = r.candidates[1].search["max_depth"]
+    assert depth.is_int and not r.candidates[1].search["learning_rate"].is_int
+    assert r.candidates[1].search["learning_rate"].log
+    assert load_recipe(ROOT / "examples" / "quickstart.yaml").iterate is not None
+
+
+def test_digest_ignores_formatting() -> None:
+    a = parse_recipe(BASE)
+    b = parse_recipe(BASE.replace("metric: roc_auc", "metric:   roc_auc   # same"))
+    c = parse_recipe(BASE.replace("roc_auc", "accuracy"))
+    assert a.digest() == b.digest() != c.digest()
+
+
+def test_dataset_version_pin() -> None:
+    r = parse_recipe(BASE.replace("dataset: churn", "dataset: churn@3"))
+    assert (r.dataset_name, r.dataset_version) == ("churn", 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "needle"),
+    [
+        ("name: x\ntask: [\n", 3, "malformed YAML"),
+        ("- just\n- a list\n", 1, "YAML mapping"),
+        (BASE + "bogus: 1\n", 8, "field bogus: unknown field"),
+        (BASE.replace("task: classification", "task: clustering"), 2, "field task: input should be"),
+        (BASE.replace("family: logistic_regression", "family: forest"), 6, "allowed: hist_gradient_boosting"),
+        (BASE + "trials: many\n", 8, "field trials"),
+        (BASE.replace("metric: roc_auc", "metric: rmse"), 1, "does not fit task classification"),
+        (BASE.replace("target: churned\n", ""), 1, "field target: required field is missing"),
+        (BASE + "split: {holdout: 1.5}\n", 8, "field split.holdout"),
+        (BASE + "gate: {min: 0.5}\n".replace("min", "max"), 1, "gate.max does not fit roc_auc"),
+        (
+            BASE.replace(
+                "  - family: logistic_regression", "  - family: mlp\n    search: {C: {low: 1, high: 2}}"
+            ),
+            6,
+            "which mlp does not take",
+        ),
+        (
+            BASE.replace(
+                "  - family: logistic_regression", "  - family: mlp\n    search: {alpha: {low: 2, high: 1}}"
+            ),
+            7,
+            "must not exceed",
+        ),
+        (BASE.replace("name: churn", "name: ../etc"), 1, "field name"),
+        (BASE + "iterate: {cooldown: soon}\n", 8, "cooldown must be a duration"),
+        (BASE + "features: [churned]\n", 1, "must not include the target"),
+    ],
+)
+def test_bad_recipes(text: str, line: int, needle: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(text, file="bad.yaml")
+    message = str(info.value)
+    assert message.startswith(f"bad.yaml:{line}: "), message
+    assert needle.lower() in message.lower(), message
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
