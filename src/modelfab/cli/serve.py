@@ -10,12 +10,42 @@ import typer
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="HTTP port (OIP v2 REST).")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (0 turns gRPC off).")] = 8001,
-    workers: Annotated[str, typer.Option(help="Worker processes: a number or 'auto'.")] = "1",
+    grpc_port: Annotated[int, typer.Option(help="gRPC port; 0 turns gRPC off.")] = 8001,
+    workers: Annotated[
+        str, typer.Option(help="Worker processes: a number, or 'auto' to scale with load.")
+    ] = "auto",
     max_memory: Annotated[str, typer.Option(help="Memory budget for loaded models, e.g. 512MiB.")] = "1GiB",
+    max_batch_size: Annotated[
+        int, typer.Option(min=1, help="Default largest batch (recipes may set their own).")
+    ] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="Default longest wait to fill a batch.")] = 2.0,
+    queue_size: Annotated[int, typer.Option(min=1, help="Requests queued per model before 429.")] = 256,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Per-request timeout in seconds.")] = 30.0,
+    idle_ttl: Annotated[
+        float, typer.Option(help="Unload a model idle this many seconds (0: never).")
+    ] = 600.0,
+    log_sample_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of predictions logged.")] = 1.0,
+    pin: Annotated[list[str] | None, typer.Option(help="Model to keep loaded (repeatable).")] = None,
 ) -> None:
-    """Serve the workspace's models (lazy loading, batching, LRU by bytes)."""
+    """Serve the workspace's models: lazy loading, LRU by bytes, adaptive batching, elastic workers."""
+    from modelfab.errors import ConfigError
     from modelfab.serve import run_server
     from modelfab.settings import Settings
 
-    run_server(Settings(), host=host, port=port, grpc_port=grpc_port, workers=workers, max_memory=max_memory)
+    if workers != "auto" and not workers.isdigit():
+        raise ConfigError(f"--workers {workers!r} is not allowed; give a number of processes or 'auto'")
+    run_server(
+        Settings(),
+        host=host,
+        port=port,
+        grpc_port=grpc_port or None,
+        workers=int(workers) if workers.isdigit() else "auto",
+        max_memory_bytes=max_memory,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        request_timeout_s=timeout,
+        idle_ttl_s=idle_ttl,
+        log_sample_rate=log_sample_rate,
+        pinned=tuple(pin or ()),
+    )

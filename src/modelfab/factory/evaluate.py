@@ -13,35 +13,53 @@ __all__ = ["apply_gate", "better", "score_all"]
 
 
 def score_all(task: str, y_true: Any, pred: Any, proba: Any | None, classes: Any | None) -> dict[str, float]:
-    """Every metric that fits the task; roc_auc/log_loss are skipped when probabilities are unusable."""
-    from sklearn import metrics as m
-
+    """Every metric that fits the task, in plain numpy (scikit-learn's input checks cost more than the
+    maths at these sizes; tests hold these to scikit-learn's values). roc_auc and log_loss need
+    probabilities and two classes present in ``y_true``."""
+    y_true = np.asarray(y_true)
     out: dict[str, float] = {}
     if task == "regression":
-        err = np.asarray(pred, dtype=float) - np.asarray(y_true, dtype=float)
+        y = y_true.astype(float)
+        err = np.asarray(pred, dtype=float).ravel() - y
         out["rmse"] = float(np.sqrt(np.mean(err**2)))
         out["mae"] = float(np.mean(np.abs(err)))
-        out["r2"] = float(m.r2_score(y_true, pred)) if len(y_true) > 1 else float("nan")
+        total = float(np.sum((y - y.mean()) ** 2))
+        out["r2"] = 1.0 - float(np.sum(err**2)) / total if total > 0 else float("nan")
         return _finite(out)
-    out["accuracy"] = float(m.accuracy_score(y_true, pred))
-    binary = classes is not None and len(classes) == 2
-    out["f1"] = float(
-        m.f1_score(y_true, pred, average="binary" if binary else "macro", pos_label=_pos(classes))
-    )
+    pred = np.asarray(pred)
+    out["accuracy"] = float(np.mean(pred == y_true))
+    labels = np.asarray(classes) if classes is not None else np.unique(np.concatenate([y_true, pred]))
+    f1s = [_f1(y_true == c, pred == c) for c in (labels[1:] if len(labels) == 2 else labels)]
+    out["f1"] = float(np.mean(f1s))
     if proba is not None and classes is not None and len(np.unique(y_true)) >= 2:
-        try:
-            if binary:
-                out["roc_auc"] = float(m.roc_auc_score(y_true == classes[1], proba[:, 1]))
-            else:
-                out["roc_auc"] = float(m.roc_auc_score(y_true, proba, multi_class="ovr", labels=classes))
-        except ValueError:
-            pass
-        out["log_loss"] = float(m.log_loss(y_true, np.clip(proba, 1e-15, 1.0), labels=classes))
+        proba = np.asarray(proba, dtype=float)
+        if len(labels) == 2:
+            out["roc_auc"] = _auc(y_true == labels[1], proba[:, 1])
+        else:
+            present = [i for i, c in enumerate(labels) if 0 < np.sum(y_true == c) < len(y_true)]
+            out["roc_auc"] = float(np.mean([_auc(y_true == labels[i], proba[:, i]) for i in present]))
+        index = np.searchsorted(labels, y_true)
+        p = np.clip(proba / proba.sum(axis=1, keepdims=True), 1e-15, 1.0)
+        out["log_loss"] = float(-np.mean(np.log(p[np.arange(len(y_true)), index])))
     return _finite(out)
 
 
-def _pos(classes: Any | None) -> Any:
-    return classes[1] if classes is not None and len(classes) == 2 else 1
+def _f1(truth: np.ndarray, guess: np.ndarray) -> float:
+    tp = float(np.sum(truth & guess))
+    denom = tp + 0.5 * (float(np.sum(~truth & guess)) + float(np.sum(truth & ~guess)))
+    return tp / denom if denom else 0.0
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann-Whitney statistic (ties count half)."""
+    from scipy.stats import rankdata
+
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from modelfab.factory.evaluate import score_all
 from modelfab.factory.export import onnx_signature, to_onnx_bytes, verify_parity
 from modelfab.factory.plan import JobSpec, Plan
 from modelfab.factory.profile import reference_profile
-from modelfab.factory.search import predict, search
+from modelfab.factory.search import predict, search, split_indices
 from modelfab.factory.trainers.sklearn import build_pipeline
 from modelfab.store import ArtifactStore, JobOutcome
 
@@ -68,8 +68,6 @@ def _failed(ctx: JobContext, job: JobSpec, reason: str) -> JobOutcome:
 
 
 def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
-    from sklearn.model_selection import train_test_split
-
     plan, recipe = ctx.plan, ctx.plan.recipe
     features = plan.numeric + plan.categorical
     part = plan.frame.iloc[plan.rows[job.key]]
@@ -85,26 +83,24 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
         x[c] = x[c].fillna("").astype(str)
     classes = None
     if recipe.task == "classification":
-        classes, counts = np.unique(y, return_counts=True)
+        classes = np.unique(y)
         if len(classes) < 2:
             raise TrainingError(
                 f"only one class ({classes[0]!r}) in the target; a classifier needs two or more"
             )
-        stratify = y if int(counts.min()) >= 2 else None
     else:
         y = y.astype(float)
-        stratify = None
     seed = recipe.split.seed
-    train_x, hold_x, train_y, hold_y = train_test_split(
-        x, y, test_size=recipe.split.holdout, random_state=seed, stratify=stratify
-    )
+    train_idx, hold_idx = split_indices(y, recipe.split.holdout, seed, stratify=classes is not None)
+    train_x, hold_x, train_y, hold_y = x.iloc[train_idx], x.iloc[hold_idx], y[train_idx], y[hold_idx]
     choice = search(recipe, train_x, train_y, plan.numeric, plan.categorical, seed)
     model = build_pipeline(choice.family, recipe.task, choice.params, plan.numeric, plan.categorical, seed)
     model.fit(train_x, train_y)
     pred, proba = predict(model, hold_x, recipe.task)
     metrics = score_all(recipe.task, hold_y, pred, proba, classes)
     onnx_bytes = to_onnx_bytes(model, plan.numeric, plan.categorical, recipe.task)
-    metrics.update(verify_parity(onnx_bytes, model, hold_x, plan.numeric, plan.categorical, recipe.task))
+    parity = verify_parity(onnx_bytes, hold_x, plan.numeric, plan.categorical, recipe.task, (pred, proba))
+    metrics.update(parity)
     if choice.best_validation is not None:
         metrics["validation_" + recipe.metric] = float(choice.best_validation)
     signal = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class Plan:
     frame: Any = field(repr=False)
     rows: dict[str, Any] = field(repr=False)  # job key -> row positions in frame
     dropped_rows: int = 0
+    alias: str = "champion"
 
 
 def safe_name(value: str) -> str:
@@ -43,13 +45,24 @@ def safe_name(value: str) -> str:
     return safe[:120]
 
 
-def make_plan(ws: Workspace, recipe: Recipe, recipe_file: str = "<recipe>") -> Plan:
-    dataset = ws.registry.get_dataset(recipe.dataset_name, recipe.dataset_version)
+def make_plan(
+    ws: Workspace,
+    recipe: Recipe,
+    recipe_file: str = "<recipe>",
+    *,
+    dataset: DatasetVersion | None = None,
+    only: Collection[str] | None = None,
+    alias: str = "champion",
+) -> Plan:
+    """Plan the run. ``dataset`` overrides the recipe's (the iteration loop retrains on a newer version);
+    ``only`` keeps the partitions with these keys; ``alias`` is what passing versions become."""
+    dataset = dataset or ws.registry.get_dataset(recipe.dataset_name, recipe.dataset_version)
     frame = load_dataset(ws, dataset)
     numeric, categorical = _features(recipe, dataset, list(frame.columns), recipe_file)
-    run_id = hashlib.sha256(f"{ws.registry.tenant}|{recipe.digest()}|{dataset.digest}".encode()).hexdigest()[
-        :20
-    ]
+    identity = f"{ws.registry.tenant}|{recipe.digest()}|{dataset.digest}"
+    if only is not None or alias != "champion":
+        identity += f"|{alias}|{','.join(sorted(only or ()))}"
+    run_id = hashlib.sha256(identity.encode()).hexdigest()[:20]
     dropped = 0
     if recipe.partition_by is None:
         rows = {ALL: frame.index.to_numpy()}
@@ -66,7 +79,10 @@ def make_plan(ws: Workspace, recipe: Recipe, recipe_file: str = "<recipe>") -> P
             used.add(key)
             rows[key] = groups[value]
             jobs.append(JobSpec(key, value, f"{recipe.name}.{key}"))
-    return Plan(recipe, dataset, run_id, numeric, categorical, jobs, frame, rows, dropped)
+    if only is not None:
+        wanted = set(only)
+        jobs = [j for j in jobs if j.key in wanted]
+    return Plan(recipe, dataset, run_id, numeric, categorical, jobs, frame, rows, dropped, alias)
 
 
 def _features(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from modelfab.factory.evaluate import apply_gate
 from modelfab.factory.job import JobContext, install_context, train_job
 from modelfab.factory.plan import Plan, make_plan
 from modelfab.recipe import Recipe
-from modelfab.store import JobOutcome, Workspace
+from modelfab.store import DatasetVersion, JobOutcome, Workspace
 
 __all__ = ["Progress", "RunReport", "produce"]
 
@@ -81,15 +81,22 @@ def produce(
     executor: Executor | None = None,
     workers: int | None = None,
     priority: str = "normal",
+    dataset: DatasetVersion | None = None,
+    only: Collection[str] | None = None,
+    alias: str = "champion",
     on_start: Callable[[Progress], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> RunReport:
     """Run (or resume) the production run for ``recipe`` on its dataset. Bad partitions are recorded, not
-    fatal; Ctrl-C stops after registering what finished (the report says ``interrupted``)."""
+    fatal; Ctrl-C stops after registering what finished (the report says ``interrupted``).
+
+    The iteration loop retrains through here too: ``dataset`` (a newer version), ``only`` (partition
+    keys) and ``alias`` (``challenger``: what versions that pass the gate become).
+    """
     from modelfab import __version__
 
     started = time.monotonic()
-    plan = make_plan(ws, recipe, recipe_file)
+    plan = make_plan(ws, recipe, recipe_file, dataset=dataset, only=only, alias=alias)
     reg = ws.registry
     reg.ensure_run(
         plan.run_id,
@@ -122,7 +129,7 @@ def produce(
             progress.done += 1
             progress.failed += outcome.status == "failed"
             if len(buffer) >= FLUSH_EVERY_N or time.monotonic() - last_flush > FLUSH_EVERY_S:
-                reg.record_outcomes(plan.run_id, buffer)
+                reg.record_outcomes(plan.run_id, buffer, alias=plan.alias)
                 buffer, last_flush = [], time.monotonic()
             if on_progress is not None:
                 on_progress(progress)
@@ -132,7 +139,7 @@ def produce(
     finally:
         executor.shutdown(cancel=not clean)
         if buffer:
-            reg.record_outcomes(plan.run_id, buffer)
+            reg.record_outcomes(plan.run_id, buffer, alias=plan.alias)
         reg.set_run_status(plan.run_id, "done" if clean else "interrupted")
         report.seconds = time.monotonic() - started
     return report

@@ -12,7 +12,7 @@ from modelfab.factory.evaluate import score_all
 from modelfab.factory.trainers.sklearn import build_pipeline
 from modelfab.recipe import LOWER_IS_BETTER, Candidate, Recipe, SearchRange
 
-__all__ = ["Choice", "default_choice", "predict", "search"]
+__all__ = ["Choice", "default_choice", "predict", "search", "split_indices"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,11 @@ def default_choice(cand: Candidate) -> Choice:
 
 
 def predict(pipeline: Any, frame: Any, task: str) -> tuple[Any, Any | None]:
-    pred = pipeline.predict(frame)
-    proba = pipeline.predict_proba(frame) if task == "classification" else None
-    return pred, proba
+    """(predictions, probabilities) with one pass through the pipeline."""
+    if task != "classification":
+        return pipeline.predict(frame), None
+    proba = pipeline.predict_proba(frame)
+    return pipeline.classes_[np.argmax(proba, axis=1)], proba
 
 
 def search(
@@ -49,13 +51,10 @@ def search(
     if recipe.trials == 1:
         return default_choice(recipe.candidates[0])
     import optuna
-    from sklearn.model_selection import train_test_split
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stratify = y if recipe.task == "classification" and _can_stratify(y) else None
-    fit_x, val_x, fit_y, val_y = train_test_split(
-        train, y, test_size=0.25, random_state=seed, stratify=stratify
-    )
+    fit_idx, val_idx = split_indices(y, 0.25, seed, stratify=recipe.task == "classification")
+    fit_x, val_x, fit_y, val_y = train.iloc[fit_idx], train.iloc[val_idx], y[fit_idx], y[val_idx]
     classes = np.unique(fit_y) if recipe.task == "classification" else None
 
     def objective(trial: Any) -> float:
@@ -98,6 +97,20 @@ def _suggest(trial: Any, name: str, r: SearchRange) -> Any:
     return trial.suggest_float(name, float(r.low), float(r.high), log=r.log)
 
 
-def _can_stratify(y: Any) -> bool:
-    _, counts = np.unique(y, return_counts=True)
-    return len(counts) > 1 and int(counts.min()) >= 2
+def split_indices(y: Any, share: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, holdout) row positions; per class when ``stratify``, so every class with two or
+    more rows lands on both sides."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    if not stratify:
+        order = rng.permutation(n)
+        cut = max(1, min(n - 1, round(n * share)))
+        return np.sort(order[cut:]), np.sort(order[:cut])
+    hold: list[np.ndarray] = []
+    keep: list[np.ndarray] = []
+    for cls in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == cls))
+        cut = min(max(round(len(rows) * share), 1), len(rows) - 1) if len(rows) >= 2 else 0
+        hold.append(rows[:cut])
+        keep.append(rows[cut:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(hold))

@@ -180,8 +180,11 @@ class Registry:
             for x in runs
         ]
 
-    def record_outcomes(self, run_id: str | None, outcomes: Sequence[JobOutcome]) -> dict[str, int | None]:
-        """Register the versions of finished jobs and mark the jobs, all in one transaction.
+    def record_outcomes(
+        self, run_id: str | None, outcomes: Sequence[JobOutcome], alias: str = CHAMPION
+    ) -> dict[str, int | None]:
+        """Register the versions of finished jobs and mark the jobs, all in one transaction. Versions
+        whose outcome says ``promote`` get ``alias`` (champion for the factory, challenger for the loop).
 
         Idempotent per (run, job): a job registered before (say by a run that was killed after its
         commit) gets its existing version back, never a second one. Returns job key -> version.
@@ -210,9 +213,9 @@ class Registry:
                     .values(latest_version=sa.bindparam("m_latest")),
                     [{"m_name": k, "m_latest": v} for k, v in latest.items()],
                 )
-            for name, version in alias_moves:
-                self._move_alias(
-                    conn, name, CHAMPION, version, "factory", f"passed the gate in run {run_id}", ts
+            if alias_moves:
+                self._move_aliases(
+                    conn, alias, dict(alias_moves), "factory", f"passed the gate in run {run_id}", ts
                 )
             for o in outcomes:
                 result.setdefault(o.key, already.get(o.key))
@@ -438,37 +441,66 @@ class Registry:
         reason: str,
         ts: datetime,
     ) -> int | None:
-        _serialize(conn, "alias", self.tenant, name, alias)
+        return self._move_aliases(conn, alias, {name: version}, actor, reason, ts)[name]
+
+    def _move_aliases(
+        self,
+        conn: Connection,
+        alias: str,
+        moves: dict[str, int | None],
+        actor: str,
+        reason: str,
+        ts: datetime,
+    ) -> dict[str, int | None]:
+        """Point ``alias`` of each named model at its version (None removes it) and record each move.
+        Returns each model's previous version. Statements are batched: a run promotes hundreds at once."""
         a = t.aliases
-        where = sa.and_(a.c.tenant == self.tenant, a.c.name == name, a.c.alias == alias)
-        q = sa.select(a.c.version).where(where)
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update()
-        previous = conn.execute(q).scalar()
-        if previous == version:
-            return previous
-        if version is None:
-            conn.execute(sa.delete(a).where(where))
-        elif previous is None:
+        names = sorted(moves)
+        for name in names:
+            _serialize(conn, "alias", self.tenant, name, alias)
+        previous: dict[str, int | None] = dict.fromkeys(names)
+        for chunk in _chunks(names, 500):
+            q = sa.select(a.c.name, a.c.version).where(
+                a.c.tenant == self.tenant, a.c.alias == alias, a.c.name.in_(chunk)
+            )
+            previous.update({r.name: r.version for r in conn.execute(q)})
+        changed = [n for n in names if previous[n] != moves[n]]
+        inserts = [n for n in changed if previous[n] is None]
+        updates = [n for n in changed if previous[n] is not None and moves[n] is not None]
+        deletes = [n for n in changed if moves[n] is None]
+        key = sa.and_(a.c.tenant == self.tenant, a.c.alias == alias, a.c.name == sa.bindparam("a_name"))
+        if inserts:
             conn.execute(
-                sa.insert(a).values(
-                    tenant=self.tenant, name=name, alias=alias, version=version, updated_at=ts
-                )
+                sa.insert(a),
+                [
+                    {"tenant": self.tenant, "name": n, "alias": alias, "version": moves[n], "updated_at": ts}
+                    for n in inserts
+                ],
             )
-        else:
-            conn.execute(sa.update(a).where(where).values(version=version, updated_at=ts))
-        conn.execute(
-            sa.insert(t.alias_history).values(
-                tenant=self.tenant,
-                name=name,
-                alias=alias,
-                version=version,
-                previous=previous,
-                actor=actor,
-                reason=reason,
-                created_at=ts,
+        if updates:
+            conn.execute(
+                sa.update(a).where(key).values(version=sa.bindparam("a_version"), updated_at=ts),
+                [{"a_name": n, "a_version": moves[n]} for n in updates],
             )
-        )
+        if deletes:
+            conn.execute(sa.delete(a).where(key), [{"a_name": n} for n in deletes])
+        if changed:
+            conn.execute(
+                sa.insert(t.alias_history),
+                [
+                    {
+                        "tenant": self.tenant,
+                        "name": n,
+                        "alias": alias,
+                        "version": moves[n],
+                        "previous": previous[n],
+                        "actor": actor,
+                        "reason": reason,
+                        "created_at": ts,
+                    }
+                    for n in changed
+                ],
+            )
         return previous
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
