@@ -17,8 +17,12 @@ def quickstart(
     rows: Annotated[int, typer.Option(min=10, help="Customers per site, about.")] = 2000,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the generated data.")] = 0,
+    serve: Annotated[bool, typer.Option(help="Then serve the models and send demo traffic.")] = True,
+    port: Annotated[int, typer.Option(help="HTTP port for the demo server (0: any free port).")] = 0,
+    demo_seconds: Annotated[float, typer.Option(min=0.5, help="How long to send demo traffic.")] = 5.0,
 ) -> None:
-    """Generate a churn data set (one segment per site), import it and produce one model per site."""
+    """Generate a churn data set (one segment per site), import it, produce one model per site, then serve
+    them over Open Inference Protocol v2 and send demo traffic through tritonclient."""
     import time
 
     from modelfab.cli.produce import print_report
@@ -58,4 +62,41 @@ def quickstart(
         f"{report.median_score if report.median_score is None else round(report.median_score, 4)}; "
         f"{time.monotonic() - started:.1f}s in all; {report.models_per_minute:,.0f} models/min"
     )
-    console.print("next: modelfab models ls | modelfab models show churn.site-000 | modelfab serve")
+    if serve and champions:
+        from modelfab.cli.demo_server import demo_server
+
+        console.print(
+            "\n[bold]serving[/]: starting modelfab serve (OIP v2 REST + gRPC, lazy loading, batching)"
+        )
+        with demo_server(ws.settings.home, port) as url:
+            from modelfab.serve import send_demo_traffic
+
+            names = [v.name for v in champions]
+            stats = send_demo_traffic(url, names, seconds=demo_seconds, concurrency=8)
+            console.print(
+                f"demo traffic through tritonclient, {len(names)} models: {stats['requests']:,} requests, "
+                f"{stats['errors']} errors, {stats['throughput_rps']:,.0f} req/s, "
+                f"p50 {stats['p50_ms']:.1f} ms, p99 {stats['p99_ms']:.1f} ms"
+            )
+            console.print(f"metrics: http://{url}/metrics (Prometheus text), e.g.:")
+            for line in metric_sample(url):
+                console.print(f"  {line}", highlight=False, soft_wrap=True)
+    console.print(
+        "next: modelfab models ls | modelfab models show churn.site-000 | "
+        "modelfab serve, then curl localhost:8000/v2/models/churn.site-000"
+    )
+
+
+def metric_sample(url: str, limit: int = 6) -> list[str]:
+    """A few interesting lines of the server's /metrics."""
+    import httpx
+
+    text = httpx.get(f"http://{url}/metrics", timeout=10).text
+    wanted = ["requests_total", "batch_size_count", "loads_total", "resident_bytes", "cpu_seconds", "latency"]
+    lines = []
+    for line in text.splitlines():
+        hit = next((w for w in wanted if w in line), None)
+        if hit is not None and not line.startswith("#"):
+            lines.append(line)
+            wanted.remove(hit)
+    return lines[:limit]
