@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     )
     encryption_key_file: Path | None = Field(default=None, description="file holding the key")
     tenant: str = Field(default="default")
-    executor: str = Field(default="local")
+    executor: str = Field(default="local", description="local (process pool) or ray")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster HOST:PORT; default: start Ray locally"
+    )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
 
     @cached_property

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 def produce(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
-    executor: Annotated[str | None, typer.Option(help="Executor: local (default).")] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="Executor: local (process pool) or ray. Default: MODELFAB_EXECUTOR or local."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster HOST:PORT (with --executor ray). Default: MODELFAB_RAY_ADDRESS."),
+    ] = None,
     priority: Annotated[str, typer.Option(help="Run priority: high, normal or low.")] = "normal",
     json_out: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
@@ -34,7 +41,8 @@ def produce(
         raise ConfigError(f"--priority {priority!r} is not allowed; use high, normal or low")
     spec = load_recipe(recipe)
     ws = open_workspace()
-    ex = make_executor(executor, workers) if executor else None
+    kind = executor or ws.settings.executor
+    ex = make_executor(kind, workers, address=address or ws.settings.ray_address, resources=spec.resources)
     from modelfab.cli.progress import run_progress
 
     with run_progress(f"produce {spec.name}", enabled=not (json_out or no_progress)) as (

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from modelfab.errors import ConfigError
 
+if TYPE_CHECKING:
+    from modelfab.recipe import Resources
+
 __all__ = ["Executor", "make_executor"]
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 
@@ -18,6 +20,11 @@ class Executor(Protocol):
 
     workers: int
 
+    def share(self, obj: Any) -> Any:
+        """A cheap handle to ``obj`` to pass in task arguments instead of the object itself (a run's data
+        goes to each worker once). Tasks turn it back with ``modelfab.compute.local.resolve``."""
+        ...
+
     def run_unordered(
         self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]]
     ) -> Iterator[tuple[tuple[Any, ...], R | BaseException]]:
@@ -25,15 +32,22 @@ class Executor(Protocol):
         ...
 
     def shutdown(self, cancel: bool = False) -> None:
-        """Stop workers; with ``cancel`` drop queued items and stop running ones now."""
+        """Stop; with ``cancel`` drop queued items and stop running ones now."""
         ...
 
 
-def make_executor(kind: str, workers: int | None = None, **options: Any) -> Executor:
+def make_executor(
+    kind: str, workers: int | None = None, *, address: str | None = None, resources: Resources | None = None
+) -> Executor:
+    """``local`` (process pool, the default) or ``ray`` (a Ray cluster at ``address``, or a local one)."""
     if kind == "local":
         from modelfab.compute.local import LocalExecutor
 
         return LocalExecutor(workers)
+    if kind == "ray":
+        from modelfab.compute.ray import RayExecutor
+
+        return RayExecutor(workers, address=address, resources=resources)
     raise ConfigError(
-        f"unknown executor {kind!r}; use 'local' (the Ray executor comes with modelfab[cluster])"
+        f"unknown executor {kind!r}; use 'local' or 'ray' (set with --executor or MODELFAB_EXECUTOR)"
     )

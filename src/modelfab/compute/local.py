@@ -5,16 +5,32 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["LocalExecutor"]
+__all__ = ["LocalExecutor", "SharedRef", "resolve"]
 
 R = TypeVar("R")
 
+# Objects every worker needs (a run's plan and data). Workers inherit them on fork, or receive them once
+# through the pool initializer on spawn, instead of with every task.
+_SHARED: dict[str, Any] = {}
 
-def _worker_init() -> None:
+
+@dataclass(frozen=True)
+class SharedRef:
+    key: str
+
+
+def resolve(value: Any) -> Any:
+    """The object behind a :class:`SharedRef`; anything else is returned as it is."""
+    return _SHARED[value.key] if isinstance(value, SharedRef) else value
+
+
+def _worker_init(shared: dict[str, Any] | None) -> None:
     # Ctrl-C goes to the whole process group; the driver decides how to stop, workers just finish or die.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Parallelism comes from the pool; threaded BLAS/OpenMP inside each worker would oversubscribe cores
@@ -25,24 +41,48 @@ def _worker_init() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    if shared:
+        _SHARED.update(shared)
 
 
 class LocalExecutor:
-    """Process pool (fork on Linux, so workers inherit the plan without pickling the data)."""
+    """Process pool (fork on Linux, so workers inherit shared objects without pickling them)."""
 
     def __init__(self, workers: int | None = None, max_in_flight: int | None = None) -> None:
         self.workers = max(1, workers or os.cpu_count() or 1)
         # Bounded submission keeps memory flat with 100,000 jobs and lets a stop drop the queue quickly.
         self.max_in_flight = max_in_flight or self.workers * 4
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
-            self.workers, mp_context=mp.get_context(method), initializer=_worker_init
-        )
+        self._method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        self._pool: ProcessPoolExecutor | None = None
+        self._keys: list[str] = []
+        self._closed = False
+
+    def share(self, obj: Any) -> SharedRef:
+        """A cheap handle for ``obj`` that tasks resolve with :func:`resolve` inside the workers."""
+        key = uuid.uuid4().hex
+        _SHARED[key] = obj
+        self._keys.append(key)
+        if self._pool is not None:  # workers started before this object existed: start fresh ones
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return SharedRef(key)
+
+    def _ensure_pool(self) -> ProcessPoolExecutor:
+        assert not self._closed, "executor was shut down"
+        if self._pool is None:
+            shared = {k: _SHARED[k] for k in self._keys} if self._method == "spawn" else None
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=mp.get_context(self._method),
+                initializer=_worker_init,
+                initargs=(shared,),
+            )
+        return self._pool
 
     def run_unordered(
         self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]]
     ) -> Iterator[tuple[tuple[Any, ...], R | BaseException]]:
-        assert self._pool is not None, "executor was shut down"
+        pool = self._ensure_pool()
         pending: dict[Future[R], tuple[Any, ...]] = {}
         source = iter(items)
         exhausted = False
@@ -52,7 +92,7 @@ class LocalExecutor:
                 if args is None:
                     exhausted = True
                     break
-                pending[self._pool.submit(fn, *args)] = args
+                pending[pool.submit(fn, *args)] = args
             if not pending:
                 return
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -63,6 +103,10 @@ class LocalExecutor:
 
     def shutdown(self, cancel: bool = False) -> None:
         pool, self._pool = self._pool, None
+        self._closed = True
+        for key in self._keys:
+            _SHARED.pop(key, None)
+        self._keys.clear()
         if pool is None:
             return
         if cancel:

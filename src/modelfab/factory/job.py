@@ -23,7 +23,7 @@ from modelfab.factory.search import predict, search, split_indices
 from modelfab.factory.trainers.sklearn import build_pipeline
 from modelfab.store import ArtifactStore, JobOutcome
 
-__all__ = ["JobContext", "install_context", "train_job"]
+__all__ = ["JobContext", "train_job"]
 
 
 @dataclass
@@ -33,16 +33,12 @@ class JobContext:
     version: str
 
 
-_CONTEXTS: dict[str, JobContext] = {}
+def train_job(shared: Any, job: JobSpec) -> JobOutcome:
+    """Train one job. ``shared`` is the run's :class:`JobContext` or an executor's handle to it.
+    Never raises for a bad partition: the outcome carries the reason instead."""
+    from modelfab.compute.local import resolve
 
-
-def install_context(ctx: JobContext) -> None:
-    _CONTEXTS[ctx.plan.run_id] = ctx
-
-
-def train_job(run_id: str, job: JobSpec) -> JobOutcome:
-    """Never raises for a bad partition: the outcome carries the reason instead."""
-    ctx = _CONTEXTS[run_id]
+    ctx: JobContext = resolve(shared)
     try:
         with warnings.catch_warnings():
             # Non-convergence is judged by the holdout metric and the gate, not by a warning.
@@ -123,7 +119,7 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
         params={"family": choice.family, **_jsonable(choice.params)},
         lineage={
             "recipe": recipe.name,
-            "recipe_digest": recipe.digest(),
+            "recipe_digest": plan.recipe_digest,
             "dataset": plan.dataset.name,
             "dataset_version": plan.dataset.version,
             "dataset_digest": plan.dataset.digest,

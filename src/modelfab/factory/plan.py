@@ -37,6 +37,10 @@ class Plan:
     rows: dict[str, Any] = field(repr=False)  # job key -> row positions in frame
     dropped_rows: int = 0
     alias: str = "champion"
+    recipe_digest: str = ""
+
+    def __post_init__(self) -> None:
+        self.recipe_digest = self.recipe_digest or self.recipe.digest()
 
 
 def safe_name(value: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from modelfab.compute.base import Executor, make_executor
 from modelfab.errors import ModelfabError
 from modelfab.factory.evaluate import apply_gate
-from modelfab.factory.job import JobContext, install_context, train_job
+from modelfab.factory.job import JobContext, train_job
 from modelfab.factory.plan import Plan, make_plan
 from modelfab.recipe import Recipe
 from modelfab.store import DatasetVersion, JobOutcome, Workspace
@@ -116,13 +116,15 @@ def produce(
         reg.set_run_status(plan.run_id, "done")
         return report
     champions = reg.champion_scores(j.model for j in todo) if recipe.gate.beat_champion_by is not None else {}
-    install_context(JobContext(plan, ws.artifacts, __version__))
-    executor = executor or make_executor(ws.settings.executor, workers)
+    executor = executor or make_executor(
+        ws.settings.executor, workers, address=ws.settings.ray_address, resources=recipe.resources
+    )
+    shared = executor.share(JobContext(plan, ws.artifacts, __version__))
     buffer: list[JobOutcome] = []
     last_flush = time.monotonic()
     clean = False
     try:
-        for (_, job), result in executor.run_unordered(train_job, ((plan.run_id, j) for j in todo)):
+        for (_, job), result in executor.run_unordered(train_job, ((shared, j) for j in todo)):
             outcome = result if isinstance(result, JobOutcome) else _crashed(plan, job, result)
             _gate(plan, outcome, champions, report)
             buffer.append(outcome)
