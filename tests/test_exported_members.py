@@ -7,7 +7,7 @@ import modelfab
 
 def test_all_is_sorted_and_importable() -> None:
     names = modelfab.__all__
-    assert names == sorted(names, key=lambda n: (n.startswith("_"), n))
+    assert names == sorted(names)
     for name in names:
         assert getattr(modelfab, name) is not None, name
 

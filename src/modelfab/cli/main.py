@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from modelfab.cli import data, models, produce, quickstart, serve
+from modelfab.cli import data, iterate, models, produce, quickstart, serve
 
 app = typer.Typer(
     name="modelfab",
@@ -22,6 +22,13 @@ app.add_typer(models.runs_app, name="runs")
 app.command("produce")(produce.produce)
 app.command("quickstart")(quickstart.quickstart)
 app.command("serve")(serve.serve)
+app.command("feedback")(iterate.feedback)
+app.command("monitor")(iterate.monitor)
+app.command("history")(iterate.history)
+app.command("promote")(iterate.promote)
+app.command("rollback")(iterate.rollback)
+app.command("iterate")(iterate.iterate)
+app.command("up")(iterate.up)
 
 
 def main() -> None:

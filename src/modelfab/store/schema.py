@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -142,3 +143,79 @@ alias_history = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_alias_history_name", alias_history.c.tenant, alias_history.c.name, alias_history.c.id)
+
+
+# iteration loop
+# Every served prediction row, indexed from the servers' prediction logs, with its feedback once it comes.
+# One table rather than predictions + feedback: judging a model reads its rows and their outcomes together,
+# and feedback becomes a keyed UPDATE (idempotent by construction: last outcome wins, the row counts once).
+prediction_rows = Table(
+    "prediction_rows",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("row_index", Integer, nullable=False),
+    Column("shadow", Boolean, nullable=False),
+    Column("model", String(300), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("predicted_at", Float, nullable=False),
+    Column("request_key", String(200), nullable=True),
+    Column("features", Text, nullable=False),
+    Column("outputs", Text, nullable=False),
+    Column("score", Float, nullable=True),
+    Column("label", Text, nullable=True),
+    Column("outcome", Text, nullable=True),
+    Column("labelled_at", Float, nullable=True),
+    PrimaryKeyConstraint("tenant", "id", "row_index", "shadow", name="pk_prediction_rows"),
+)
+Index(
+    "ix_prediction_rows_model",
+    prediction_rows.c.tenant,
+    prediction_rows.c.model,
+    prediction_rows.c.version,
+    prediction_rows.c.predicted_at,
+)
+
+# How far each prediction log segment has been indexed (``source`` names the server home).
+predlog_offsets = Table(
+    "predlog_offsets",
+    metadata,
+    Column("source", String(64), nullable=False),
+    Column("file", String(255), nullable=False),
+    Column("byte_offset", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("source", "file", name="pk_predlog_offsets"),
+)
+
+# The traffic policy of a model under trial: a canary share or a shadow, read by every server's router.
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("champion", Integer, nullable=True),
+    Column("share", Float, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "name", name="pk_deployments"),
+)
+
+# The audit log: every step of the loop and every manual promote or rollback, with its evidence.
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("trigger", String(64), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("champion", Integer, nullable=True),
+    Column("challenger", Integer, nullable=True),
+    Column("evidence", JSON, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+Index("ix_decisions_name", decisions.c.tenant, decisions.c.name, decisions.c.id)

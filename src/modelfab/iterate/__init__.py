@@ -1,0 +1,31 @@
+"""The iteration loop: feedback, watching (metrics and drift), policies, retraining, trials, decisions.
+
+Heavy modules load only when used; the server imports :mod:`modelfab.iterate.http` and
+:mod:`modelfab.iterate.routing` directly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelfab.iterate.decisions import DecisionLog
+    from modelfab.iterate.feedback import FeedbackStore
+    from modelfab.iterate.loop import IterationLoop
+
+__all__ = ["DecisionLog", "FeedbackStore", "IterationLoop"]
+
+_WHERE = {
+    "DecisionLog": "modelfab.iterate.decisions",
+    "FeedbackStore": "modelfab.iterate.feedback",
+    "IterationLoop": "modelfab.iterate.loop",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelfab.iterate' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
