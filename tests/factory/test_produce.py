@@ -37,6 +37,7 @@ def test_run_trains_good_partitions_and_records_why_others_fail(edge_ws: Workspa
     profile = __import__("json").loads(edge_ws.artifacts.get(mv.profile_digest or ""))
     assert set(profile["features"]) == {"x", "z", "plan"}
     assert abs(sum(profile["features"]["x"]["shares"]) - 1.0) < 1e-9
+    assert profile["prediction"]["missing"] == 0.0 and abs(sum(profile["prediction"]["shares"]) - 1) < 1e-9
     runs = edge_ws.registry.list_runs()
     assert runs[0].status == "done" and runs[0].counts == {"done": 3, "failed": 3}
 

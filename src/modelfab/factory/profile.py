@@ -36,7 +36,8 @@ def reference_profile(
         features[c] = {"kind": "categorical", "shares": shares, "count": n}
     out: dict[str, Any] = {"rows": n, "features": features}
     if predictions is not None:
-        out["prediction"] = _numeric(np.asarray(predictions, dtype=float).ravel(), n)
+        scores = np.asarray(predictions, dtype=float).ravel()
+        out["prediction"] = _numeric(scores[~np.isnan(scores)], len(scores))
     return out
 
 
