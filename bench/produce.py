@@ -1,9 +1,9 @@
 """Factory benchmarks, run by hand (never in tests). Figures are ratios measured in one run.
 
-    python bench/produce.py factory   # 1,000 partitions x 1 trial vs a bare joblib loop
-    python bench/produce.py register  # versions/s on SQLite (and MLflow's registry, if installed)
-    python bench/produce.py lookup    # alias resolve and `models ls` page latency with 100,000 versions
-    python bench/produce.py all
+python bench/produce.py factory   # 1,000 partitions x 1 trial vs a bare joblib loop
+python bench/produce.py register  # versions/s on SQLite (and MLflow's registry, if installed)
+python bench/produce.py lookup    # alias resolve and `models ls` page latency with 100,000 versions
+python bench/produce.py all
 """
 
 from __future__ import annotations
@@ -43,10 +43,16 @@ def _bare_fit_export(x: np.ndarray, y: np.ndarray, out: str) -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), LogisticRegression(max_iter=500))
+    model = make_pipeline(
+        SimpleImputer(strategy="median"), StandardScaler(), LogisticRegression(max_iter=500)
+    )
     model.fit(x, y)
-    onx = convert_sklearn(model, initial_types=[("x", FloatTensorType([None, x.shape[1]]))],
-                          options={id(model.steps[-1][1]): {"zipmap": False}}, target_opset=17)
+    onx = convert_sklearn(
+        model,
+        initial_types=[("x", FloatTensorType([None, x.shape[1]]))],
+        options={id(model.steps[-1][1]): {"zipmap": False}},
+        target_opset=17,
+    )
     data = onx.SerializeToString()
     with open(out, "wb") as fh:
         fh.write(data)
@@ -63,10 +69,13 @@ def bench_factory(workers: int) -> None:
         df = make_data(tmpdir / "d.csv")
         groups = [(g[FEATURES].to_numpy(), g["y"].to_numpy()) for _, g in df.groupby("part")]
         (tmpdir / "bare").mkdir()
-        Parallel(n_jobs=workers)(delayed(_bare_fit_export)(x, y, str(tmpdir / "bare" / "warm")) for x, y in groups[:8])
+        Parallel(n_jobs=workers)(
+            delayed(_bare_fit_export)(x, y, str(tmpdir / "bare" / "warm")) for x, y in groups[:8]
+        )
         t0 = time.perf_counter()
         Parallel(n_jobs=workers, batch_size="auto")(
-            delayed(_bare_fit_export)(x, y, str(tmpdir / "bare" / f"{i}.onnx")) for i, (x, y) in enumerate(groups)
+            delayed(_bare_fit_export)(x, y, str(tmpdir / "bare" / f"{i}.onnx"))
+            for i, (x, y) in enumerate(groups)
         )
         bare = time.perf_counter() - t0
 
@@ -81,9 +90,13 @@ def bench_factory(workers: int) -> None:
         ours = time.perf_counter() - t0
         assert report.trained == PARTITIONS and ws.registry.count_versions() == PARTITIONS
         print(f"factory: {PARTITIONS} partitions x 1 trial on {workers} workers")
-        print(f"  bare joblib loop (fit + ONNX export): {bare:7.2f} s  {PARTITIONS / bare * 60:8.0f} models/min")
-        print(f"  modelfab produce (+ holdout metrics, parity check, profile, store, register): "
-              f"{ours:7.2f} s  {PARTITIONS / ours * 60:8.0f} models/min")
+        print(
+            f"  bare joblib loop (fit + ONNX export): {bare:7.2f} s  {PARTITIONS / bare * 60:8.0f} models/min"
+        )
+        print(
+            f"  modelfab produce (+ holdout metrics, parity check, profile, store, register): "
+            f"{ours:7.2f} s  {PARTITIONS / ours * 60:8.0f} models/min"
+        )
         print(f"  ratio modelfab / bare = {ours / bare:.3f}  (target <= 1.15)")
 
 
@@ -95,19 +108,34 @@ def bench_register(n: int = 20_000) -> None:
         ws = Workspace.open(Settings(home=Path(tmp)))
         ds, _ = ws.registry.add_dataset("d", "x" * 64, "0" * 64, 1, [], "bench")
         keys = [f"k{i}" for i in range(n)]
-        ws.registry.ensure_run("bench", recipe="b", recipe_digest="b", dataset=ds, jobs=[(k, k) for k in keys])
+        ws.registry.ensure_run(
+            "bench", recipe="b", recipe_digest="b", dataset=ds, jobs=[(k, k) for k in keys]
+        )
         outcomes = [
-            JobOutcome(key=k, partition=k, model=f"b.{k}", status="passed", recipe="b", metric="accuracy", score=0.9,
-                       metrics={"accuracy": 0.9}, params={"family": "logistic_regression"},
-                       lineage={"partition": k, "recipe": "b"}, artifact_digest="f" * 64, artifact_size=1000,
-                       promote=True)
+            JobOutcome(
+                key=k,
+                partition=k,
+                model=f"b.{k}",
+                status="passed",
+                recipe="b",
+                metric="accuracy",
+                score=0.9,
+                metrics={"accuracy": 0.9},
+                params={"family": "logistic_regression"},
+                lineage={"partition": k, "recipe": "b"},
+                artifact_digest="f" * 64,
+                artifact_size=1000,
+                promote=True,
+            )
             for k in keys
         ]
         t0 = time.perf_counter()
         for i in range(0, n, 256):  # the factory's flush size
             ws.registry.record_outcomes("bench", outcomes[i : i + 256])
         ours = n / (time.perf_counter() - t0)
-    print(f"register: modelfab on SQLite {ours:8.0f} versions/s (with champion alias + history, batches of 256)")
+    print(
+        f"register: modelfab on SQLite {ours:8.0f} versions/s (with champion alias + history, batches of 256)"
+    )
     try:
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -145,15 +173,32 @@ def bench_lookup(n: int = 100_000) -> None:
         for round_ in range(4):
             keys = [f"k{i:06d}" for i in range(models)]
             run = f"r{round_}"
-            ws.registry.ensure_run(run, recipe="b", recipe_digest=run, dataset=ds, jobs=[(k, k) for k in keys])
+            ws.registry.ensure_run(
+                run, recipe="b", recipe_digest=run, dataset=ds, jobs=[(k, k) for k in keys]
+            )
             for i in range(0, models, 2000):
-                ws.registry.record_outcomes(run, [
-                    JobOutcome(key=k, partition=k, model=f"b.{k}", status="passed", recipe="b", score=0.9,
-                               metrics={"accuracy": 0.9}, lineage={"partition": k}, artifact_digest="f" * 64,
-                               artifact_size=1, promote=True)
-                    for k in keys[i : i + 2000]
-                ])
-        print(f"lookup: {ws.registry.count_versions():,} versions registered in {time.perf_counter() - t0:.1f}s")
+                ws.registry.record_outcomes(
+                    run,
+                    [
+                        JobOutcome(
+                            key=k,
+                            partition=k,
+                            model=f"b.{k}",
+                            status="passed",
+                            recipe="b",
+                            score=0.9,
+                            metrics={"accuracy": 0.9},
+                            lineage={"partition": k},
+                            artifact_digest="f" * 64,
+                            artifact_size=1,
+                            promote=True,
+                        )
+                        for k in keys[i : i + 2000]
+                    ],
+                )
+        print(
+            f"lookup: {ws.registry.count_versions():,} versions registered in {time.perf_counter() - t0:.1f}s"
+        )
         rng = np.random.default_rng(0)
         names = [f"b.k{i:06d}" for i in rng.integers(0, models, 2000)]
         lat = []
@@ -161,27 +206,35 @@ def bench_lookup(n: int = 100_000) -> None:
             t = time.perf_counter()
             ws.registry.resolve(name, "champion")
             lat.append(time.perf_counter() - t)
-        print(f"  alias resolve: p50 {statistics.median(lat) * 1e3:.3f} ms  p99 {np.percentile(lat, 99) * 1e3:.3f} ms"
-              "  (target p99 <= 1 ms)")
+        print(
+            f"  alias resolve: p50 {statistics.median(lat) * 1e3:.3f} ms  "
+            f"p99 {np.percentile(lat, 99) * 1e3:.3f} ms  (target p99 <= 1 ms)"
+        )
         lat = []
         for name in names[:300]:
             t = time.perf_counter()
             page = ws.registry.list_versions(limit=50, after=(name, 0))
             lat.append(time.perf_counter() - t)
             assert page
-        print(f"  models ls page of 50 (latest per model): p50 {statistics.median(lat) * 1e3:.2f} ms  "
-              f"p99 {np.percentile(lat, 99) * 1e3:.2f} ms  (target p99 <= 20 ms)")
+        print(
+            f"  models ls page of 50 (latest per model): p50 {statistics.median(lat) * 1e3:.2f} ms  "
+            f"p99 {np.percentile(lat, 99) * 1e3:.2f} ms  (target p99 <= 20 ms)"
+        )
         lat = []
         for name in names[:300]:
             t = time.perf_counter()
             ws.registry.list_versions(all_versions=True, limit=50, after=(name, 0))
             lat.append(time.perf_counter() - t)
-        print(f"  models ls --all page of 50: p50 {statistics.median(lat) * 1e3:.2f} ms  "
-              f"p99 {np.percentile(lat, 99) * 1e3:.2f} ms")
+        print(
+            f"  models ls --all page of 50: p50 {statistics.median(lat) * 1e3:.2f} ms  "
+            f"p99 {np.percentile(lat, 99) * 1e3:.2f} ms"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("which", choices=["factory", "register", "lookup", "all"], nargs="?", default="all")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from produce import FEATURES, _bare_fit_export, make_data  # noqa: E402
-
-import produce as produce_bench  # noqa: E402
+import produce as produce_bench
+from produce import FEATURES, _bare_fit_export, make_data
 
 RECIPE = (
     "name: b\ntask: classification\ndataset: d\ntarget: y\npartition_by: part\n"
@@ -78,13 +77,20 @@ def main() -> None:
         on_ray = run_factory(tmp, "ray", RayExecutor())
         print(f"{args.partitions} partitions x 1 trial, {os.cpu_count()} cores")
         print(f"  local executor: {local:7.2f} s")
-        print(f"  ray executor (local cluster): {on_ray:7.2f} s   ratio ray/local = {on_ray / local:.2f} (target <= 1.2)")
-        groups = [(g[FEATURES].to_numpy(), g["y"].to_numpy()) for _, g in df.groupby("part")][: args.tune_partitions]
+        print(
+            f"  ray executor (local cluster): {on_ray:7.2f} s   "
+            f"ratio ray/local = {on_ray / local:.2f} (target <= 1.2)"
+        )
+        groups = [(g[FEATURES].to_numpy(), g["y"].to_numpy()) for _, g in df.groupby("part")][
+            : args.tune_partitions
+        ]
         tuned = run_tune(tmp, groups)
         scale = args.tune_partitions / args.partitions
         print(f"  ray tune, same fit + export for {args.tune_partitions} partitions: {tuned:7.2f} s")
-        print(f"  modelfab on ray per model: {on_ray / args.partitions * 1e3:.1f} ms; tune: "
-              f"{tuned / args.tune_partitions * 1e3:.1f} ms; modelfab is {tuned / (on_ray * scale):.1f}x faster")
+        print(
+            f"  modelfab on ray per model: {on_ray / args.partitions * 1e3:.1f} ms; tune: "
+            f"{tuned / args.tune_partitions * 1e3:.1f} ms; modelfab is {tuned / (on_ray * scale):.1f}x faster"
+        )
         ray.shutdown()
 
 

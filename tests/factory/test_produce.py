@@ -137,7 +137,9 @@ def test_parity_check_catches_a_graph_that_disagrees() -> None:
     assert verify_parity(graph, frame, ["x"], ["c"], "classification", want)["onnx_label_agreement"] == 1.0
     other = build_pipeline("logistic_regression", "classification", {}, ["x"], ["c"], 0).fit(frame, 1 - y)
     with pytest.raises(TrainingError, match="ONNX output differs"):
-        verify_parity(graph, frame, ["x"], ["c"], "classification", (other.predict(frame), other.predict_proba(frame)))
+        verify_parity(
+            graph, frame, ["x"], ["c"], "classification", (other.predict(frame), other.predict_proba(frame))
+        )
 
 
 def test_produce_on_postgresql(tmp_path: Path, pg_url: str) -> None:
