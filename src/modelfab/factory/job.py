@@ -23,7 +23,7 @@ from modelfab.factory.search import predict, search, split_indices
 from modelfab.factory.trainers.sklearn import build_pipeline
 from modelfab.store import ArtifactStore, JobOutcome
 
-__all__ = ["JobContext", "train_job"]
+__all__ = ["JobContext", "failed_outcome", "train_job"]
 
 
 @dataclass
@@ -46,20 +46,18 @@ def train_job(shared: Any, job: JobSpec) -> JobOutcome:
             warnings.simplefilter("ignore", category=RuntimeWarning)
             return _train(ctx, job)
     except ModelfabError as exc:
-        return _failed(ctx, job, exc.message)
+        return failed_outcome(ctx.plan.recipe.name, job, exc.message)
     except Exception as exc:  # one odd partition must not stop the others
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        return _failed(ctx, job, f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})")
+        return failed_outcome(
+            ctx.plan.recipe.name, job, f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+        )
 
 
-def _failed(ctx: JobContext, job: JobSpec, reason: str) -> JobOutcome:
+def failed_outcome(recipe: str, job: JobSpec, reason: str) -> JobOutcome:
+    """The outcome of a job that produced no model, with the reason users will read."""
     return JobOutcome(
-        key=job.key,
-        partition=job.partition,
-        model=job.model,
-        status="failed",
-        reason=reason,
-        recipe=ctx.plan.recipe.name,
+        key=job.key, partition=job.partition, model=job.model, status="failed", reason=reason, recipe=recipe
     )
 
 

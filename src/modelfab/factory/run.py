@@ -11,7 +11,7 @@ from typing import Any
 from modelfab.compute.base import Executor, make_executor
 from modelfab.errors import ModelfabError
 from modelfab.factory.evaluate import apply_gate
-from modelfab.factory.job import JobContext, train_job
+from modelfab.factory.job import JobContext, failed_outcome, train_job
 from modelfab.factory.plan import Plan, make_plan
 from modelfab.recipe import Recipe
 from modelfab.store import DatasetVersion, JobOutcome, Workspace
@@ -149,14 +149,7 @@ def produce(
 
 def _crashed(plan: Plan, job: Any, exc: BaseException) -> JobOutcome:
     reason = exc.message if isinstance(exc, ModelfabError) else f"worker failed: {type(exc).__name__}: {exc}"
-    return JobOutcome(
-        key=job.key,
-        partition=job.partition,
-        model=job.model,
-        status="failed",
-        reason=reason,
-        recipe=plan.recipe.name,
-    )
+    return failed_outcome(plan.recipe.name, job, reason)
 
 
 def _gate(plan: Plan, o: JobOutcome, champions: dict[str, float | None], report: RunReport) -> None:
