@@ -98,7 +98,8 @@ def modelfab_cmd(port: int, home: Path, workers: int, memory: str) -> tuple[list
     script = (
         "from modelfab.settings import Settings\nfrom modelfab.serve import run_server\n"
         f"run_server(Settings(home={str(home)!r}), port={port}, grpc_port=None, workers={workers}, "
-        f"max_memory_bytes={memory!r}, source_factory='serve_source:folder_source', log_level='WARNING')\n"
+        f"max_memory_bytes={memory!r}, source_factory='serve_source:folder_source', log_level='WARNING', "
+        "router_factory=None, extra_routes=None)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE)])}
     return [sys.executable, "-c", script], env
@@ -139,6 +140,7 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--only", default="tiny,heavy,many")
+    ap.add_argument("--peers", default="litserve,ray", help="optional peers to run (comma list, or 'none')")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     home = OUT / "home"
@@ -184,6 +186,8 @@ def main() -> None:
                 args,
             )
             for peer, script in (("litserve", "serve_litserve.py"), ("ray serve", "serve_ray.py")):
+                if peer.split()[0] not in args.peers.split(","):
+                    continue
                 if not has_peers:
                     res[peer] = f"skipped: no peers venv at {PEERS_PY.parent.parent}"
                     continue

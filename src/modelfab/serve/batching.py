@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from modelfab.errors import OverloadedError
-from modelfab.serve.runtime import OnnxModel
+from modelfab.serve.runtime import SMALL_MODEL_BYTES, OnnxModel
 from modelfab.serve.types import Array
 
 __all__ = ["Batcher", "Item", "split_rows"]
@@ -81,9 +81,11 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Mean wall time of a run; runs this short go inline on the event loop, where a thread hop would
-        # cost more than the run itself.
-        self.run_seconds = 1.0
+        # cost more than the run itself. Small models start inline (with many models most batchers are
+        # new); a slow first run moves the model to the thread pool from then on.
         self.inline_below = 0.0005
+        self.run_seconds = 0.0 if model.resident_bytes < SMALL_MODEL_BYTES else 1.0
+        self._measured = False
 
     @property
     def depth(self) -> int:
@@ -152,7 +154,8 @@ class Batcher:
                 else:
                     results = await loop.run_in_executor(self._executor, self._run, group)
                 took = (time.perf_counter() - started) / max(1, len(group))
-                self.run_seconds = took if self.run_seconds == 1.0 else 0.8 * self.run_seconds + 0.2 * took
+                self.run_seconds = took if not self._measured else 0.8 * self.run_seconds + 0.2 * took
+                self._measured = True
             except BaseException as exc:
                 for item in group:
                     if not item.future.done():

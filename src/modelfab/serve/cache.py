@@ -1,7 +1,7 @@
 """Loaded models in an LRU bounded by bytes, with single-flight loading, pins and an idle TTL.
 
-Everything here runs on the worker's event loop thread except the load itself (fetch, digest check,
-session build), which runs in a thread; so the bookkeeping needs no locks.
+Everything here runs on the worker's event loop thread except the load of a model that is not small (fetch,
+digest check, session build), which runs in a thread; so the bookkeeping needs no locks.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ __all__ = ["Candidate", "ModelCache", "choose_evictions", "idle_keys"]
 
 log = logging.getLogger("modelfab.serve")
 Key = tuple[str, int]
+INLINE_LOAD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +33,19 @@ class Candidate:
     busy: bool
 
 
-def choose_evictions(entries: Sequence[Candidate], used: int, budget: int, incoming: int) -> list[Key] | None:
-    """Least recently used idle entries to drop so ``incoming`` bytes fit; None when they cannot fit."""
+def choose_evictions(
+    entries: Iterable[Candidate], used: int, budget: int, incoming: int, *, ordered: bool = False
+) -> list[Key] | None:
+    """Least recently used idle entries to drop so ``incoming`` bytes fit; None when they cannot fit.
+
+    ``ordered``: ``entries`` already come least recently used first, and are read only as far as needed.
+    """
     need = used + incoming - budget
     if need <= 0:
         return []
     chosen: list[Key] = []
-    for c in sorted((c for c in entries if not c.busy), key=lambda c: c.last_used):
+    idle = (c for c in entries if not c.busy)
+    for c in idle if ordered else sorted(idle, key=lambda c: c.last_used):
         chosen.append(c.key)
         need -= c.size
         if need <= 0:
@@ -87,7 +95,7 @@ class ModelCache:
         self.budget = budget_bytes
         self._threads = threads_per_model
         self._events = events or CacheEvents()
-        self._entries: dict[Key, _Entry] = {}
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._loading: dict[Key, asyncio.Task[OnnxModel]] = {}
         self._failures: dict[Key, tuple[float, ModelfabError]] = {}
         self._failure_ttl = failure_ttl
@@ -102,11 +110,10 @@ class ModelCache:
         e = self._entries.get((name, version))
         return e is not None and e.model is not None
 
-    def _candidates(self) -> list[Candidate]:
-        return [
-            Candidate(k, e.size, e.last_used, e.inflight > 0 or e.pinned or e.model is None)
-            for k, e in self._entries.items()
-        ]
+    def _candidates(self) -> Iterator[Candidate]:
+        """Entries least recently used first (``use`` moves an entry to the end)."""
+        for k, e in self._entries.items():
+            yield Candidate(k, e.size, e.last_used, e.inflight > 0 or e.pinned or e.model is None)
 
     # -- use -------------------------------------------------------------------------------------------
     @asynccontextmanager
@@ -120,6 +127,7 @@ class ModelCache:
             await self._load(info)
         entry.inflight += 1
         entry.last_used = time.monotonic()
+        self._entries.move_to_end(key)
         try:
             assert entry.model is not None
             yield entry.model
@@ -155,7 +163,12 @@ class ModelCache:
         key = (info.name, info.version)
         started = time.monotonic()
         try:
-            model = await asyncio.to_thread(self._build, info)
+            if 0 <= info.artifact_size < INLINE_LOAD_BYTES:
+                # A small model loads in well under a millisecond: a thread hop, and threads fighting the
+                # event loop for the GIL, would cost more (and add tail latency) than loading it here.
+                model = self._build(info)
+            else:
+                model = await asyncio.to_thread(self._build, info)
         except Exception as exc:
             if self._entries.get(key) is entry:
                 del self._entries[key]
@@ -198,7 +211,9 @@ class ModelCache:
         return OnnxModel(info.name, info.version, data, threads=self._threads)
 
     def _make_room(self, incoming: int) -> None:
-        victims = choose_evictions(self._candidates(), self.used, self.budget, incoming)
+        if self.used + incoming <= self.budget:
+            return
+        victims = choose_evictions(self._candidates(), self.used, self.budget, incoming, ordered=True)
         if victims is None:
             raise OverloadedError(
                 "the model memory budget is full of models in use; retry shortly", retry_after=1.0
@@ -239,7 +254,7 @@ class ModelCache:
 
     def sweep(self, ttl: float, now: float | None = None) -> list[Key]:
         """Unload models idle longer than ``ttl``."""
-        keys = idle_keys(self._candidates(), time.monotonic() if now is None else now, ttl)
+        keys = idle_keys(list(self._candidates()), time.monotonic() if now is None else now, ttl)
         for key in keys:
             self._drop(key, "idle")
         return keys

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from modelfab.errors import ConfigError
+from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
 
 __all__ = ["ServeOptions", "parse_bytes"]
 
@@ -49,10 +50,16 @@ class ServeOptions:
     request_timeout_s: float = 30.0
     max_body_bytes: int = 64 << 20
     idle_ttl_s: float = 600.0
-    resolve_ttl_s: float = 2.0
+    # How long a name/alias lookup is reused; with a source that has a cheap change check (the workspace's),
+    # lookups are kept until an alias moves, checked this often. Either way an alias move reaches the server
+    # within about this time.
+    resolve_ttl_s: float = 0.5
     log_sample_rate: float = 1.0
     log_predictions: bool = True
     ort_threads: int = 1
     run_threads: int = 1
     pinned: tuple[str, ...] = ()
     server_name: str = "modelfab"
+    # ``module:function`` hooks called with the server settings; a missing module means no hook.
+    router_factory: str | None = DEFAULT_ROUTER
+    extra_routes: str | None = DEFAULT_EXTRA_ROUTES

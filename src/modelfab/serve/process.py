@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,15 @@ def worker_main(spec: Any, index: int, slots: Any, capacity: int) -> None:
         level=spec.log_level, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s"
     )
     source = load_factory(spec.source_factory)(spec.settings)
-    service = InferenceService(source, spec.options, home=Path(spec.settings.home), worker=str(index))
+    service = InferenceService(
+        source, spec.options, home=Path(spec.settings.home), worker=str(index), settings=spec.settings
+    )
     worker = Worker(service, spec.host, spec.port, spec.grpc_port)
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
         reporter = asyncio.create_task(_report(service, worker, slots, index, capacity))
         try:
             await worker.serve()

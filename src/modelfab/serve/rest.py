@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,15 +16,18 @@ from starlette.routing import Route
 
 from modelfab.errors import InvalidInputError, ModelfabError, OverloadedError, PayloadTooLargeError
 from modelfab.serve.codec_rest import decode_request, encode_response
+from modelfab.serve.http1 import Reply
+from modelfab.serve.http1 import Request as RawRequest
 from modelfab.serve.metrics import CONTENT_TYPE
 from modelfab.serve.service import SERVER_EXTENSIONS, InferenceService
 from modelfab.serve.source import parse_ref
 from modelfab.serve.types import InferRequest
 
-__all__ = ["create_app", "error_response"]
+__all__ = ["create_app", "error_reply", "error_response", "fast_infer"]
 
 log = logging.getLogger("modelfab.serve")
 JSON = "application/json"
+_JSON_HEAD = b"content-type: application/json\r\n"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -33,19 +35,30 @@ def _json(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status_code=status, media_type=JSON)
 
 
-def error_response(exc: BaseException) -> Response:
-    """The OIP error body for any exception; unexpected ones never show their details."""
+def error_reply(exc: BaseException) -> Reply:
+    """Status, headers and OIP error body for any exception; unexpected ones never show their details."""
     if isinstance(exc, ModelfabError):
-        resp = _json({"error": exc.message}, exc.status_code)
+        head = _JSON_HEAD
         if isinstance(exc, OverloadedError):
-            resp.headers["retry-after"] = str(max(1, round(exc.retry_after)))
+            head += b"retry-after: %d\r\n" % max(1, round(exc.retry_after))
         elif exc.status_code == 503:
-            resp.headers["retry-after"] = "1"
-        return resp
+            head += b"retry-after: 1\r\n"
+        return exc.status_code, head, orjson.dumps({"error": exc.message})
     if isinstance(exc, HTTPException):
-        return _json({"error": str(exc.detail)}, exc.status_code)
+        return exc.status_code, _JSON_HEAD, orjson.dumps({"error": str(exc.detail)})
     log.error("unexpected error answering a request", exc_info=exc)
-    return _json({"error": "internal server error; the server log has the details"}, 500)
+    return 500, _JSON_HEAD, orjson.dumps({"error": "internal server error; the server log has the details"})
+
+
+def error_response(exc: BaseException) -> Response:
+    """:func:`error_reply` as a Starlette response."""
+    status, head, body = error_reply(exc)
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n"):
+        if line:
+            k, _, v = line.partition(": ")
+            headers[k] = v
+    return Response(body, status_code=status, headers=headers)
 
 
 def _guard(fn: Handler) -> Handler:
@@ -74,7 +87,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(service: InferenceService) -> Starlette:
-    """The ASGI app of one worker around an :class:`InferenceService`."""
+    """The ASGI app of one worker around an :class:`InferenceService` (which the worker starts and stops).
+
+    Besides the OIP routes it mounts the extra routes of ``service.extra_routes`` (e.g. ``/v2/feedback``).
+    """
     limit = service.options.max_body_bytes
     server_meta = orjson.dumps(
         {"name": service.options.server_name, "version": _version(), "extensions": SERVER_EXTENSIONS}
@@ -101,20 +117,15 @@ def create_app(service: InferenceService) -> Starlette:
     async def infer(request: Request) -> Response:
         p = request.path_params
         header = request.headers.get("inference-header-content-length")
-        if header is not None and not header.isdigit():
-            raise InvalidInputError(f"Inference-Header-Content-Length {header[:20]!r} is not a number")
-
-        async def decode() -> InferRequest:
-            body = await read_body(request, limit)
-            return decode_request(body, int(header) if header is not None else None)
-
-        resp, req = await service.infer(p["model"], parse_ref(p.get("version")), decode)
-        body, header_len = encode_response(resp, req.outputs, req.binary_outputs)
-        headers = {"x-prediction-id": resp.prediction_id}
-        if header_len is None:
-            return Response(body, headers=headers, media_type=JSON)
-        headers["inference-header-content-length"] = str(header_len)
-        return Response(body, headers=headers, media_type="application/octet-stream")
+        key = request.headers.get("x-request-key")
+        body = await read_body(request, limit)
+        status, head, out = await run_infer(service, p["model"], p.get("version"), body, header, key)
+        response = Response(out, status_code=status)
+        for line in head.decode("latin-1").split("\r\n"):
+            if line:
+                k, _, v = line.partition(": ")
+                response.headers[k] = v
+        return response
 
     async def repo_index(request: Request) -> Response:
         return _json(await service.index())
@@ -145,20 +156,59 @@ def create_app(service: InferenceService) -> Starlette:
         Route("/v2/repository/models/{model}/load", g(repo_load), methods=["POST"]),
         Route("/v2/repository/models/{model}/unload", g(repo_unload), methods=["POST"]),
         Route("/metrics", g(metrics), methods=["GET"]),
+        *service.extra_routes,
     ]
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         return error_response(exc)
 
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, ModelfabError: http_error})
+
+
+async def run_infer(
+    service: InferenceService,
+    model: str,
+    version: str | None,
+    body: bytes,
+    header_length: str | None,
+    request_key: str | None,
+) -> Reply:
+    """Answer one REST infer request: status, header lines and body. Never raises."""
+    try:
+        if header_length is not None and not header_length.isdigit():
+            raise InvalidInputError(f"Inference-Header-Content-Length {header_length[:20]!r} is not a number")
+        hlen = int(header_length) if header_length is not None else None
+
+        async def decode() -> InferRequest:
+            return decode_request(body, hlen)
+
+        resp, req = await service.infer(model, parse_ref(version), decode, request_key=request_key)
+        out, json_len = encode_response(resp, req.outputs, req.binary_outputs)
+    except Exception as exc:
+        return error_reply(exc)
+    pid = resp.prediction_id.encode()
+    if json_len is None:
+        return 200, b"content-type: application/json\r\nx-prediction-id: " + pid + b"\r\n", out
+    head = b"content-type: application/octet-stream\r\nx-prediction-id: %s\r\n" % pid
+    return 200, head + b"inference-header-content-length: %d\r\n" % json_len, out
+
+
+def fast_infer(service: InferenceService) -> Callable[[str, str | None, RawRequest], Awaitable[Reply]]:
+    """The infer handler of :class:`~modelfab.serve.http1.HttpFront`: no ASGI on the hot path."""
+
+    async def infer(model: str, version: str | None, req: RawRequest) -> Reply:
+        header = req.header(b"inference-header-content-length")
+        key = req.header(b"x-request-key")
+        return await run_infer(
+            service,
+            model,
+            version,
+            req.body,
+            header.decode("latin-1") if header is not None else None,
+            key.decode("latin-1") if key is not None else None,
+        )
+
+    return infer
 
 
 def _version() -> str:

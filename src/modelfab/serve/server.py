@@ -11,6 +11,7 @@ from typing import Any
 
 from modelfab.errors import ConfigError
 from modelfab.serve.autoscale import ScalePolicy
+from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
 from modelfab.serve.options import ServeOptions, parse_bytes
 from modelfab.serve.supervisor import Supervisor, WorkerSpec
 
@@ -39,12 +40,15 @@ def run_server(
     pinned: Sequence[str] = (),
     source_factory: str = DEFAULT_SOURCE,
     log_level: str = "INFO",
+    router_factory: str | None = DEFAULT_ROUTER,
+    extra_routes: str | None = DEFAULT_EXTRA_ROUTES,
 ) -> None:
     """Serve every registered model over OIP v2 REST (``port``) and gRPC (``grpc_port``; None: off).
 
     ``workers="auto"`` starts one worker and lets the autoscaler grow to the core count; a number fixes the
     count. ``max_memory_bytes`` (e.g. ``"512MiB"``) bounds the loaded models of the whole server: each
-    worker gets an equal share of it. Blocks until SIGINT/SIGTERM.
+    worker gets an equal share of it. ``router_factory`` and ``extra_routes`` are the iteration loop's hooks
+    (``module:function``; None turns one off). Blocks until SIGINT/SIGTERM.
     """
     cores = os.cpu_count() or 1
     if workers == "auto":
@@ -69,6 +73,8 @@ def run_server(
         idle_ttl_s=idle_ttl_s,
         log_sample_rate=log_sample_rate,
         pinned=tuple(pinned),
+        router_factory=router_factory,
+        extra_routes=extra_routes,
     )
     home = Path(settings.home)
     run_dir = home / "run"

@@ -9,12 +9,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
 from modelfab.serve.batching import Batcher, Item
 from modelfab.serve.cache import ModelCache
+from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER, Router, load_hook
 from modelfab.serve.metrics import ServeMetrics
 from modelfab.serve.options import ServeOptions
 from modelfab.serve.predlog import PredictionLog, new_prediction_id
@@ -22,7 +24,7 @@ from modelfab.serve.runtime import OnnxModel
 from modelfab.serve.source import CachedSource, ModelSource, VersionInfo, check_model_name
 from modelfab.serve.types import Array, InferRequest, InferResponse
 
-__all__ = ["SERVER_EXTENSIONS", "InferenceService"]
+__all__ = ["SERVER_EXTENSIONS", "InferenceService", "LogContext"]
 
 log = logging.getLogger("modelfab.serve")
 SERVER_EXTENSIONS = ["binary_tensor_data", "model_repository", "prediction_id"]
@@ -37,8 +39,17 @@ class InferenceService:
         home: Path | None = None,
         worker: str = "0",
         metrics: ServeMetrics | None = None,
+        settings: Any = None,
     ) -> None:
+        """``settings`` (the server's Settings) is what the hooks of ``options`` are called with; without
+        it only hooks other than the defaults (which need a workspace) are loaded."""
         self.options = options or ServeOptions()
+        self.settings = settings
+        self.router: Router | None = self._hook(self.options.router_factory, DEFAULT_ROUTER)
+        self.extra_routes: list[Any] = list(self._hook(self.options.extra_routes, DEFAULT_EXTRA_ROUTES) or [])
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._batch_metrics: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
+        self._request_metrics: dict[tuple[tuple[str, str], str], tuple[Any, Any]] = {}
         self.source = CachedSource(source, ttl=self.options.resolve_ttl_s)
         self.metrics = metrics or ServeMetrics()
         self.cache = ModelCache(
@@ -56,6 +67,15 @@ class InferenceService:
         self.ready = False
         self._housekeeper: asyncio.Task[None] | None = None
 
+    def _hook(self, spec: str | None, default: str) -> Any:
+        if spec is None or (self.settings is None and spec == default):
+            return None
+        try:
+            return load_hook(spec, self.settings)
+        except Exception:
+            log.exception("hook %s failed to load; serving without it", spec)
+            return None
+
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         for name in self.options.pinned:
@@ -72,6 +92,8 @@ class InferenceService:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeper
+        if self._shadows:
+            await asyncio.wait(list(self._shadows), timeout=5)
         for b in self._batchers.values():
             b.close()
         self._executor.shutdown(wait=True)
@@ -79,8 +101,18 @@ class InferenceService:
             self.predlog.close()
 
     async def _housekeeping(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.options.resolve_ttl_s)
+            if self.source.watches_changes:
+                try:
+                    await asyncio.to_thread(self.source.check_changes)
+                except Exception as exc:  # a database blip must not stop housekeeping
+                    log.warning("cannot check the registry for alias changes: %s", exc)
+            ticks += 1
+            if ticks * self.options.resolve_ttl_s < 1.0:
+                continue
+            ticks = 0
             self.cache.sweep(self.options.idle_ttl_s)
             for key, b in list(self._batchers.items()):
                 if not self.cache.is_loaded(*key) and b.depth == 0 and b.incoming == 0:
@@ -141,9 +173,18 @@ class InferenceService:
         if b is None or b.model is not model:
             serving = info.serving or {}
             o = self.options
-            mv = (info.name, str(info.version))
-            sizes, reqs = self.metrics.batch_size.labels(*mv), self.metrics.batch_requests.labels(*mv)
-            cpu, preds = self.metrics.cpu_seconds.labels(*mv), self.metrics.predictions.labels(*mv)
+            children = self._batch_metrics.get(key)
+            if children is None:  # kept across evictions: with many models, label lookups add up
+                mv = (info.name, str(info.version))
+                m = self.metrics
+                children = (
+                    m.batch_size.labels(*mv),
+                    m.batch_requests.labels(*mv),
+                    m.cpu_seconds.labels(*mv),
+                    m.predictions.labels(*mv),
+                )
+                self._batch_metrics[key] = children
+            sizes, reqs, cpu, preds = children
 
             def on_batch(rows: int, n: int, cpu_s: float) -> None:
                 sizes.observe(rows)
@@ -167,19 +208,51 @@ class InferenceService:
         assert self.predlog is not None
         records = []
         for item, outputs in zip(items, results, strict=True):
-            if item.context is not None:
-                pid, name, version, when = item.context
+            ctx: LogContext | None = item.context
+            if ctx is not None:
                 records.append(
                     {
-                        "id": pid,
-                        "model": name,
-                        "version": version,
-                        "time": when,
+                        "id": ctx.prediction_id,
+                        "model": ctx.model,
+                        "version": ctx.version,
+                        "time": ctx.time,
+                        "request_key": ctx.request_key,
+                        "shadow": ctx.shadow,
                         "inputs": item.feeds,
                         "outputs": outputs,
                     }
                 )
         self.predlog.write(records)
+
+    def _route(self, name: str, ref: str | int | None, key: str | None) -> tuple[str | int | None, Any]:
+        """The version that answers and the shadow version (or None) for a request naming ``ref``."""
+        if self.router is None or ref not in (None, "champion"):
+            return ref, None
+        try:
+            decision = self.router.route(name, key)
+        except ModelfabError:
+            raise
+        except Exception:
+            log.exception("the deployment router failed; answering with the champion")
+            return ref, None
+        return decision.serve, decision.shadow
+
+    def _sampled(self) -> bool:
+        rate = self.options.log_sample_rate
+        return self.predlog is not None and (rate >= 1.0 or random.random() < rate)
+
+    async def _shadow(self, name: str, ref: str | int, req: InferRequest, ctx: LogContext) -> None:
+        """Score a request with a shadow version for the prediction log only; failures stay here."""
+        try:
+            info = await self.resolve(name, ref)
+            async with self.cache.use(info) as model:
+                rows = model.check(req.inputs)
+                ctx = replace(ctx, version=info.version)
+                async with asyncio.timeout(self.options.request_timeout_s):
+                    await self._batcher(info, model).submit(req.inputs, rows, None, ctx)
+        except Exception as exc:
+            self.metrics.errors.labels(name, str(ref), "shadow").inc()
+            log.warning("shadow scoring of model %s version %s failed: %s", name, ref, exc)
 
     async def infer(
         self,
@@ -187,21 +260,38 @@ class InferenceService:
         ref: str | int | None,
         decode: Callable[[], Awaitable[InferRequest]],
         protocol: str = "rest",
+        *,
+        request_key: str | None = None,
     ) -> tuple[InferResponse, InferRequest]:
-        """Run one request; ``decode`` reads and decodes its body once the model is known."""
+        """Run one request; ``decode`` reads and decodes its body once the model is known.
+
+        A request naming no version (or ``champion``) is routed: the router picks the version that answers
+        (sticky per ``request_key``: the ``X-Request-Key`` header or ``parameters.request_key``) and maybe a
+        shadow version that scores it for the prediction log only.
+        """
         started = time.perf_counter()
         self.inflight += 1
         mv: tuple[str, str] = (name, "" if ref is None else str(ref))
+        shadow: str | int | None = None
+        req: InferRequest | None = None
         try:
+            if self.router is not None and ref in (None, "champion"):
+                check_model_name(name)
+                req = await decode()
+                if request_key is None:
+                    key = req.parameters.get("request_key")
+                    request_key = key if isinstance(key, str) else None
+                ref, shadow = self._route(name, ref, request_key)
             info = await self.resolve(name, ref)
             mv = (info.name, str(info.version))
             async with self.cache.use(info) as model:
                 batcher = self._batcher(info, model)
-                batcher.incoming += 1
-                try:
-                    req = await decode()
-                finally:
-                    batcher.incoming -= 1
+                if req is None:
+                    batcher.incoming += 1
+                    try:
+                        req = await decode()
+                    finally:
+                        batcher.incoming -= 1
                 rows = model.check(req.inputs)
                 wanted: tuple[str, ...] | None = None
                 if req.outputs:
@@ -211,10 +301,17 @@ class InferenceService:
                             have = ", ".join(model.output_names)
                             raise InvalidInputError(f"unknown output '{o}'; model {info.name} has: {have}")
                 pid = new_prediction_id()
-                sampled = self.predlog is not None and (
-                    self.options.log_sample_rate >= 1.0 or random.random() < self.options.log_sample_rate
+                sampled = self._sampled()
+                context = (
+                    LogContext(pid, info.name, info.version, time.time(), request_key) if sampled else None
                 )
-                context = (pid, info.name, info.version, time.time()) if sampled else None
+                if shadow is not None and context is not None and shadow != info.version:
+                    # Same prediction id, marked shadow: the loop compares both answers to one request.
+                    task = asyncio.create_task(
+                        self._shadow(info.name, shadow, req, replace(context, shadow=True))
+                    )
+                    self._shadows.add(task)
+                    task.add_done_callback(self._shadows.discard)
                 try:
                     async with asyncio.timeout(self.options.request_timeout_s):
                         outputs = await batcher.submit(req.inputs, rows, wanted, context)
@@ -231,7 +328,23 @@ class InferenceService:
             raise ModelfabError(f"internal error while serving model {name}") from exc
         finally:
             self.inflight -= 1
-        self.metrics.requests.labels(*mv, protocol).inc()
-        self.metrics.latency.labels(*mv).observe(time.perf_counter() - started)
+        counters = self._request_metrics.get((mv, protocol))
+        if counters is None:  # resolving label children costs more than the update itself
+            counters = (self.metrics.requests.labels(*mv, protocol), self.metrics.latency.labels(*mv))
+            self._request_metrics[(mv, protocol)] = counters
+        counters[0].inc()
+        counters[1].observe(time.perf_counter() - started)
         resp = InferResponse(info.name, str(info.version), outputs, pid, id=req.id)
         return resp, req
+
+
+@dataclass(frozen=True, slots=True)
+class LogContext:
+    """What the prediction log records about a request besides its tensors."""
+
+    prediction_id: str
+    model: str
+    version: int
+    time: float
+    request_key: str | None = None
+    shadow: bool = False

@@ -1,7 +1,10 @@
 """Where the server finds models: the registry and artifact store, behind a small protocol.
 
-Lookups are cached for ``ttl`` seconds so the hot path does not hit SQL per request, while an alias moved
-by the iteration loop is picked up within that time.
+Lookups are cached so the hot path does not hit SQL per request (nor per model load: with 10,000 models
+most requests would otherwise miss a short-lived cache). A source with a cheap change check
+(``generation()``, the workspace's alias history counter) keeps lookups until it changes, polled every
+``ttl`` seconds; others keep them ``ttl`` seconds. Either way an alias moved by the iteration loop reaches
+the server within about ``ttl``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from typing import Any, Protocol
 
 from modelfab.errors import InvalidInputError, ModelfabError, NotFoundError
 
-__all__ = ["CachedSource", "ModelSource", "VersionInfo", "WorkspaceSource", "check_model_name", "parse_ref"]
+__all__ = [
+    "CachedSource",
+    "ModelSource",
+    "VersionInfo",
+    "WatchableSource",
+    "WorkspaceSource",
+    "check_model_name",
+    "parse_ref",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
@@ -62,6 +73,12 @@ class ModelSource(Protocol):
     def index(self) -> Sequence[VersionInfo]: ...
 
 
+class WatchableSource(ModelSource, Protocol):
+    def generation(self) -> Any:
+        """A cheap value that changes whenever a lookup could answer differently (an alias moved)."""
+        ...
+
+
 class WorkspaceSource:
     """A :class:`ModelSource` over a workspace's registry and artifact store."""
 
@@ -80,16 +97,45 @@ class WorkspaceSource:
         versions: list[VersionInfo] = list(self._ws.registry.list_versions(limit=100_000))
         return versions
 
+    def generation(self) -> Any:
+        import sqlalchemy as sa
+
+        from modelfab.store import schema
+
+        registry = self._ws.registry
+        h = schema.alias_history
+        with registry.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(h.c.id), sa.func.count(h.c.id))).one()[:2]
+
 
 class CachedSource:
-    """Wraps a source with a time-bounded cache of resolutions (including 'not found')."""
+    """Wraps a source with a cache of resolutions (including 'not found', kept ``ttl`` seconds only)."""
 
-    def __init__(self, inner: ModelSource, ttl: float = 2.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        inner: ModelSource,
+        ttl: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        watched_ttl: float = 300.0,
+    ):
         self.inner = inner
         self.ttl = ttl
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str | int | None], tuple[float, VersionInfo | ModelfabError]] = {}
+        self._generation: Any = None
+        self.watches_changes = callable(getattr(inner, "generation", None))
+        self._found_ttl = watched_ttl if self.watches_changes else ttl
+
+    def check_changes(self) -> bool:
+        """Poll the source's generation (blocking I/O); drop every lookup when it moved. True if it did."""
+        current = self.inner.generation()  # type: ignore[attr-defined]
+        if current == self._generation:
+            return False
+        self._generation = current
+        self.invalidate()  # also on the first check: lookups made before it may predate a move
+        return True
 
     def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
         key = (name, ref)
@@ -100,11 +146,12 @@ class CachedSource:
                 value: VersionInfo | ModelfabError = self.inner.resolve(check_model_name(name), ref)
             except NotFoundError as exc:
                 value = exc
+            expires = now + (self.ttl if isinstance(value, ModelfabError) else self._found_ttl)
             with self._lock:
                 if len(self._cache) > 100_000:
                     self._cache.clear()
-                self._cache[key] = (now + self.ttl, value)
-            hit = (now + self.ttl, value)
+                self._cache[key] = (expires, value)
+            hit = (expires, value)
         if isinstance(hit[1], ModelfabError):
             raise NotFoundError(hit[1].message)
         return hit[1]

@@ -23,7 +23,7 @@ from modelfab.serve.autoscale import Autoscaler, ScalePolicy
 __all__ = ["Supervisor", "WorkerSpec"]
 
 log = logging.getLogger("modelfab.serve")
-PRELOAD = ["modelfab.serve.process", "numpy", "onnxruntime", "uvicorn", "starlette", "grpc"]
+PRELOAD = ["modelfab.serve.process", "numpy", "onnxruntime", "httptools", "starlette", "grpc"]
 
 
 @dataclass(frozen=True)

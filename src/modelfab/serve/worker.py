@@ -1,4 +1,4 @@
-"""One worker: uvicorn (REST) and grpc.aio (gRPC) on one event loop around one InferenceService.
+"""One worker: REST (:mod:`~modelfab.serve.http1`) and grpc.aio (gRPC) on one event loop around one service.
 
 Workers bind their own listening sockets with SO_REUSEPORT, so the kernel spreads connections over them
 and no proxy sits in the hot path.
@@ -11,7 +11,6 @@ import contextlib
 import logging
 import socket
 import threading
-from typing import Any
 
 from modelfab.serve.service import InferenceService
 
@@ -51,49 +50,49 @@ class Worker:
         self._grpc_port_wanted = grpc_port
         self.grpc_port: int | None = None
         self.started = threading.Event()
-        self._uvicorn: Any = None
+        self.grace_s = 10.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stop_requested = False
 
     async def serve(self) -> None:
-        import uvicorn
-
-        from modelfab.serve.rest import create_app
+        from modelfab.serve.http1 import HttpFront
+        from modelfab.serve.rest import create_app, fast_infer
 
         self._loop = asyncio.get_running_loop()
-        app = create_app(self.service)
-        config = uvicorn.Config(
-            app,
-            http="httptools",
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=10,
-            server_header=False,
+        self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        front = HttpFront(
+            fast_infer(self.service),
+            create_app(self.service),
+            max_body_bytes=self.service.options.max_body_bytes,
         )
-        self._uvicorn = uvicorn.Server(config)
+        await self.service.start()
         grpc_server = None
-        if self._grpc_port_wanted is not None:
-            from modelfab.serve.grpc_server import create_grpc_server
-
-            grpc_server, self.grpc_port = create_grpc_server(self.service, self.host, self._grpc_port_wanted)
-            await grpc_server.start()
-        watcher = asyncio.create_task(self._announce())
         try:
-            await self._uvicorn.serve(sockets=[self._sock])
+            if self._grpc_port_wanted is not None:
+                from modelfab.serve.grpc_server import create_grpc_server
+
+                grpc_server, self.grpc_port = create_grpc_server(
+                    self.service, self.host, self._grpc_port_wanted
+                )
+                await grpc_server.start()
+            await front.start(self._sock)
+            self.started.set()
+            await self._stop.wait()
+            await front.stop(self.grace_s)
         finally:
-            watcher.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(5)
             with contextlib.suppress(OSError):
                 self._sock.close()
-
-    async def _announce(self) -> None:
-        while not self._uvicorn.started:
-            await asyncio.sleep(0.01)
-        self.started.set()
+            await self.service.stop()
 
     def stop(self) -> None:
         """Ask the worker to finish in-flight requests and exit; callable from any thread."""
-        if self._uvicorn is not None:
-            self._uvicorn.should_exit = True
+        self._stop_requested = True
+        loop, event = self._loop, self._stop
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)

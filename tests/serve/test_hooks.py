@@ -1,0 +1,155 @@
+"""The iteration loop's hooks: deployment routing (canary, shadow, sticky keys), extra routes, alias moves."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from hook_fakes import ROUTERS, FakeRouter
+from serve_helpers import FakeSource, MakeServer, wait_for
+
+from modelfab.serve.hooks import load_hook
+from modelfab.serve.options import ServeOptions
+from modelfab.serve.predlog import read_predictions
+from modelfab.serve.source import CachedSource
+
+ROW = np.linspace(0, 1, 64, dtype=np.float32).tolist()
+BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": ROW}]}
+ROUTED = ServeOptions(router_factory="hook_fakes:make_router", extra_routes="hook_fakes:routes")
+
+
+def _infer(url: str, path: str = "/v2/models/digits/infer", **kw: Any) -> httpx.Response:
+    r = httpx.post(f"http://{url}{path}", json=kw.pop("json", BODY), **kw)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def _router() -> FakeRouter:
+    return ROUTERS[-1]
+
+
+def test_router_picks_the_version_and_the_log_records_it(make_server: MakeServer, tmp_path: Path) -> None:
+    server = make_server(ROUTED, grpc=False)
+    plain = _infer(server.url)
+    canary = _infer(server.url, headers={"X-Request-Key": "canary-7"})
+    by_param = _infer(server.url, json={**BODY, "parameters": {"request_key": "canary-9"}})
+    assert plain.json()["model_version"] == "1"
+    assert canary.json()["model_version"] == "2"
+    assert by_param.json()["model_version"] == "2"
+    assert _router().calls == [("digits", None), ("digits", "canary-7"), ("digits", "canary-9")]
+    logged = {r["id"]: r for r in read_predictions(tmp_path)}
+    pid = canary.headers["x-prediction-id"]
+    assert logged[pid]["version"] == 2
+    assert logged[pid]["request_key"] == "canary-7"
+    assert logged[pid]["shadow"] is False
+    assert logged[plain.headers["x-prediction-id"]]["version"] == 1
+
+
+def test_explicit_versions_and_other_aliases_bypass_the_router(make_server: MakeServer) -> None:
+    server = make_server(ROUTED, grpc=False)
+    key = {"X-Request-Key": "canary-1"}
+    assert (
+        _infer(server.url, "/v2/models/digits/versions/1/infer", headers=key).json()["model_version"] == "1"
+    )
+    challenger = _infer(server.url, "/v2/models/digits/versions/challenger/infer", headers=key)
+    assert challenger.json()["model_version"] == "2"
+    champion = _infer(server.url, "/v2/models/digits/versions/champion/infer", headers=key)
+    assert champion.json()["model_version"] == "2"  # champion is routed like no version
+    assert _router().calls == [("digits", "canary-1")]
+
+
+def test_shadow_version_scores_for_the_log_only(make_server: MakeServer, tmp_path: Path) -> None:
+    server = make_server(ROUTED, grpc=False)
+    r = _infer(server.url, headers={"X-Request-Key": "shadow"})
+    assert r.json()["model_version"] == "1"
+    pid = r.headers["x-prediction-id"]
+
+    def records() -> list[dict[str, Any]]:
+        return [rec for rec in read_predictions(tmp_path) if rec["id"] == pid]
+
+    wait_for(lambda: len(records()) == 2, 10, "the shadow record")
+    by_flag = {rec["shadow"]: rec for rec in records()}
+    assert by_flag[False]["version"] == 1
+    assert by_flag[True]["version"] == 2
+    assert by_flag[True]["outputs"].keys() == by_flag[False]["outputs"].keys()
+
+
+def test_a_router_that_fails_to_load_leaves_routing_off(make_server: MakeServer) -> None:
+    server = make_server(ServeOptions(router_factory="hook_fakes:broken_router"), grpc=False)
+    assert server.service.router is None
+    assert _infer(server.url, headers={"X-Request-Key": "canary-1"}).json()["model_version"] == "1"
+
+
+def test_missing_hook_modules_mean_no_hooks() -> None:
+    assert load_hook("modelfab_no_such_module.routing:make_router", None) is None
+    assert load_hook(None, None) is None
+    with pytest.raises(AttributeError):
+        load_hook("hook_fakes:no_such_function", None)
+
+
+def test_extra_routes_are_mounted_with_oip_errors(make_server: MakeServer) -> None:
+    server = make_server(ROUTED, grpc=False)
+    ok = httpx.post(f"http://{server.url}/v2/feedback", content=b'{"id": "x"}')
+    assert ok.status_code == 200
+    assert ok.json() == {"accepted": 1}
+    bad = httpx.post(f"http://{server.url}/v2/feedback", content=b"nope")
+    assert bad.status_code == 400
+    assert bad.json() == {"error": "feedback body must be a JSON object"}
+
+
+def test_an_alias_move_reaches_a_running_server_within_a_second(
+    make_server: MakeServer, source: FakeSource, onnx_models: dict[str, bytes]
+) -> None:
+    server = make_server(grpc=False)
+    assert _infer(server.url).json()["model_version"] == "1"
+    source.add("digits", onnx_models["digits2"])  # version 3 becomes champion
+    moved = time.monotonic()
+    wait_for(lambda: _infer(server.url).json()["model_version"] == "3", 5, "the new champion")
+    assert time.monotonic() - moved < 2.0  # TTL 0.5 s; slack for a loaded 2-core machine
+
+
+class _Watched:
+    """A source with a generation counter, like the workspace's alias history."""
+
+    def __init__(self, inner: FakeSource) -> None:
+        self.inner = inner
+        self.gen = 0
+        self.resolves = 0
+
+    def resolve(self, name: str, ref: str | int | None) -> Any:
+        self.resolves += 1
+        return self.inner.resolve(name, ref)
+
+    def fetch(self, digest: str) -> bytes:
+        return self.inner.fetch(digest)
+
+    def index(self) -> list[Any]:
+        return list(self.inner.index())
+
+    def generation(self) -> int:
+        return self.gen
+
+
+def test_lookups_are_kept_until_the_generation_moves(
+    source: FakeSource, onnx_models: dict[str, bytes]
+) -> None:
+    now = [0.0]
+    watched = _Watched(source)
+    cached = CachedSource(watched, ttl=0.5, clock=lambda: now[0])
+    assert cached.watches_changes
+    cached.check_changes()
+    assert cached.resolve("digits", None).version == 1
+    now[0] = 60.0  # far past the TTL: still cached, nothing moved
+    assert cached.resolve("digits", None).version == 1
+    assert watched.resolves == 1
+    source.add("digits", onnx_models["digits2"])
+    assert not cached.check_changes()  # same generation: the old answer stays
+    assert cached.resolve("digits", None).version == 1
+    watched.gen += 1
+    assert cached.check_changes()
+    assert cached.resolve("digits", None).version == 3
+    assert watched.resolves == 2
