@@ -246,8 +246,10 @@ def up(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between loop passes.")] = 30.0,
 ) -> None:
     """Run the server and the iteration loop together (the server in a child process)."""
+    import signal
     import subprocess
     import sys
+    import threading
     import time
 
     import httpx
@@ -271,10 +273,13 @@ def up(
         "--workers",
         workers,
     ]
+    # SIGTERM (a service manager stopping us) ends the loop after its current pass, then the server.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = subprocess.Popen(cmd)
     try:
         deadline = time.monotonic() + 60
-        while True:
+        while not stop.is_set():
             if server.poll() is not None:
                 raise UnavailableError(
                     f"the server exited with code {server.returncode}; see its output above"
@@ -287,8 +292,11 @@ def up(
             if time.monotonic() > deadline:
                 raise UnavailableError(f"the server did not become ready on {host}:{port} within 60s")
             time.sleep(0.2)
+        if stop.is_set():
+            return
         console.print(f"server on http://{host}:{port}; iterating every {interval:g}s (Ctrl-C stops both)")
-        IterationLoop(ws, recipes).run_forever(interval, on_pass=_print_pass)
+        IterationLoop(ws, recipes).run_forever(interval, stop=stop, on_pass=_print_pass)
+        console.print("stopping")
     except KeyboardInterrupt:
         console.print("stopping")
     finally:

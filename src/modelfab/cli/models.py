@@ -159,16 +159,30 @@ def runs_ls(
     limit: Annotated[int, typer.Option(min=1, help="At most this many runs, newest first.")] = 50,
     json_out: JsonOpt = False,
 ) -> None:
-    """Production runs with their job counts."""
+    """Production runs with their jobs queued, running, done and failed, and the slots they hold."""
+    from modelfab.compute.slots import live_claims, tenant_quota
+
     ws = open_workspace()
     runs = ws.registry.list_runs(limit)
+    claims = live_claims(ws.engine, ws.registry.tenant)
     if json_out:
-        print_json([r.to_json() for r in runs])
+        print_json([{**r.to_json(), "slots": claims.get(r.id, (0, 0))[1]} for r in runs])
         return
     from rich.table import Table
 
     table = Table(
-        "run", "recipe", "dataset", "status", "priority", "jobs", "done", "failed", "pending", "started"
+        "run",
+        "recipe",
+        "dataset",
+        "status",
+        "priority",
+        "jobs",
+        "queued",
+        "running",
+        "done",
+        "failed",
+        "slots",
+        "started",
     )
     for r in runs:
         c = r.counts
@@ -179,9 +193,38 @@ def runs_ls(
             r.status,
             r.priority,
             str(r.total),
+            str(c.get("pending", 0)),
+            str(c.get("running", 0)),
             str(c.get("done", 0)),
             str(c.get("failed", 0)),
-            str(c.get("pending", 0)),
+            str(claims[r.id][1]) if r.id in claims else "",
             r.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     console.print(table)
+    cap = tenant_quota(ws.engine, ws.registry.tenant)
+    if cap is not None:
+        held = sum(h for _, h in claims.values())
+        console.print(f"tenant {ws.registry.tenant}: {held} of {cap} job slot(s) held", highlight=False)
+
+
+@runs_app.command("quota")
+def runs_quota(
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=1, help="Most jobs the tenant may run at once.")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the tenant's cap.")] = False,
+    tenant: Annotated[str | None, typer.Option(help="Tenant (default: MODELFAB_TENANT).")] = None,
+) -> None:
+    """Show or set the tenant's cap on concurrently running jobs, shared by every produce process."""
+    from modelfab.compute.slots import set_tenant_quota, tenant_quota
+
+    ws = open_workspace()
+    who = tenant or ws.registry.tenant
+    if clear and max_jobs is not None:
+        raise typer.BadParameter("give --max-jobs or --clear, not both", param_hint="--clear")
+    if clear or max_jobs is not None:
+        set_tenant_quota(ws.engine, who, None if clear else max_jobs)
+    cap = tenant_quota(ws.engine, who)
+    console.print(
+        f"tenant {who}: " + ("no cap on concurrent jobs" if cap is None else f"at most {cap} job(s) at once")
+    )

@@ -24,7 +24,10 @@ def produce(
         str | None,
         typer.Option(help="Ray cluster HOST:PORT (with --executor ray). Default: MODELFAB_RAY_ADDRESS."),
     ] = None,
-    priority: Annotated[str, typer.Option(help="Run priority: high, normal or low.")] = "normal",
+    priority: Annotated[
+        str,
+        typer.Option(help="Run priority: high, normal or low. Under a quota, higher runs' jobs start first."),
+    ] = "normal",
     json_out: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
 ) -> None:
@@ -33,19 +36,18 @@ def produce(
     Resumable: run the same command again after a stop and finished jobs are not redone.
     """
     from modelfab.compute import make_executor
-    from modelfab.errors import ConfigError
+    from modelfab.compute.slots import check_priority
     from modelfab.factory import produce as run
     from modelfab.recipe import load_recipe
 
-    if priority not in ("high", "normal", "low"):
-        raise ConfigError(f"--priority {priority!r} is not allowed; use high, normal or low")
+    check_priority(priority)
     spec = load_recipe(recipe)
     ws = open_workspace()
     kind = executor or ws.settings.executor
     ex = make_executor(kind, workers, address=address or ws.settings.ray_address, resources=spec.resources)
     from modelfab.cli.progress import run_progress
 
-    with run_progress(f"produce {spec.name}", enabled=not (json_out or no_progress)) as (
+    with run_progress(f"produce {spec.name} ({priority})", enabled=not (json_out or no_progress)) as (
         on_start,
         on_progress,
     ):

@@ -10,9 +10,18 @@ from modelfab.errors import ConfigError
 if TYPE_CHECKING:
     from modelfab.recipe import Resources
 
-__all__ = ["Executor", "make_executor"]
+__all__ = ["Executor", "Slots", "make_executor"]
 
 R = TypeVar("R")
+
+
+class Slots(Protocol):
+    """How many jobs a run may have in flight now (its share of a quota); asked again every ``poll_s``
+    seconds while the executor waits, and after every finished job."""
+
+    poll_s: float
+
+    def limit(self, in_flight: int) -> int: ...
 
 
 class Executor(Protocol):
@@ -26,9 +35,10 @@ class Executor(Protocol):
         ...
 
     def run_unordered(
-        self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]]
+        self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]], slots: Slots | None = None
     ) -> Iterator[tuple[tuple[Any, ...], R | BaseException]]:
-        """Yields (args, result) or (args, exception) for each item as it completes."""
+        """Yields (args, result) or (args, exception) for each item as it completes. Items are taken
+        from ``items`` only when they can start: never more in flight than ``slots`` allows."""
         ...
 
     def shutdown(self, cancel: bool = False) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from modelfab.compute.base import Slots
 
 __all__ = ["LocalExecutor", "SharedRef", "resolve"]
 
@@ -80,22 +84,27 @@ class LocalExecutor:
         return self._pool
 
     def run_unordered(
-        self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]]
+        self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]], slots: Slots | None = None
     ) -> Iterator[tuple[tuple[Any, ...], R | BaseException]]:
         pool = self._ensure_pool()
         pending: dict[Future[R], tuple[Any, ...]] = {}
         source = iter(items)
         exhausted = False
         while True:
-            while not exhausted and len(pending) < self.max_in_flight:
+            room = self.max_in_flight if slots is None else min(self.max_in_flight, slots.limit(len(pending)))
+            while not exhausted and len(pending) < room:
                 args = next(source, None)
                 if args is None:
                     exhausted = True
                     break
                 pending[pool.submit(fn, *args)] = args
             if not pending:
-                return
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                if exhausted or slots is None:
+                    return
+                time.sleep(slots.poll_s)  # no slot yet: a higher-priority run or the quota holds them
+                continue
+            timeout = None if slots is None else slots.poll_s
+            done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
             for fut in done:
                 args = pending.pop(fut)
                 exc = fut.exception()

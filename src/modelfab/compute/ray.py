@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from modelfab.errors import ConfigError
 
 if TYPE_CHECKING:
+    from modelfab.compute.base import Slots
     from modelfab.recipe import Resources
 
 __all__ = ["RayExecutor"]
@@ -108,10 +109,13 @@ class RayExecutor:
         return self._ray.put(obj)
 
     def run_unordered(
-        self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]]
+        self, fn: Callable[..., R], items: Iterable[tuple[Any, ...]], slots: Slots | None = None
     ) -> Iterator[tuple[tuple[Any, ...], R | BaseException]]:
         """Jobs go out in chunks sized so a task runs about TARGET_TASK_SECONDS (one job a task at first,
-        more once jobs prove short), keeping two tasks per worker in flight."""
+        more once jobs prove short), keeping two tasks per worker in flight; never more tasks in flight
+        than ``slots`` allows (Ray's own queue knows no priorities, so the claim decides what is sent)."""
+        import time
+
         ray = self._ray
         source = iter(items)
         exhausted = False
@@ -119,15 +123,21 @@ class RayExecutor:
         chunk_size, job_seconds, jobs_timed = 1, 0.0, 0
         shared = ray.put(fn)
         while True:
-            while not exhausted and len(self._pending) < in_flight:
+            # A chunk runs its jobs one after another on one worker: it takes one slot.
+            room = in_flight if slots is None else min(in_flight, slots.limit(len(self._pending)))
+            while not exhausted and len(self._pending) < room:
                 batch = [args for _, args in zip(range(chunk_size), source, strict=False)]
                 if not batch:
                     exhausted = True
                     break
                 self._pending[self._task.remote(shared, batch)] = batch
             if not self._pending:
-                return
-            done, _ = ray.wait(list(self._pending), num_returns=1)
+                if exhausted or slots is None:
+                    return
+                time.sleep(slots.poll_s)  # no slot yet: a higher-priority run or the quota holds them
+                continue
+            timeout = None if slots is None else slots.poll_s
+            done, _ = ray.wait(list(self._pending), num_returns=1, timeout=timeout)
             for ref in done:
                 chunk = self._pending.pop(ref)
                 try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from modelfab.compute.base import Executor, make_executor
+from modelfab.compute.slots import RunSlots, check_priority
 from modelfab.errors import ModelfabError
 from modelfab.factory.evaluate import apply_gate
 from modelfab.factory.job import JobContext, failed_outcome, train_job
@@ -95,6 +97,7 @@ def produce(
     """
     from modelfab import __version__
 
+    check_priority(priority)
     started = time.monotonic()
     plan = make_plan(ws, recipe, recipe_file, dataset=dataset, only=only, alias=alias)
     reg = ws.registry
@@ -120,19 +123,39 @@ def produce(
         ws.settings.executor, workers, address=ws.settings.ray_address, resources=recipe.resources
     )
     shared = executor.share(JobContext(plan, ws.artifacts, __version__))
+    # Jobs start only on slots claimed in the registry: the tenant's quota holds across every driver,
+    # and a higher-priority run's queued jobs go first.
+    slots = RunSlots(
+        ws.engine, reg.tenant, plan.run_id, priority=priority, workers=executor.workers, jobs=len(todo)
+    )
+    started_at: dict[str, datetime] = {}
+
+    def admitted() -> Iterator[tuple[Any, ...]]:
+        for j in todo:
+            started_at[j.key] = slots.submitted(j.key)
+            yield shared, j
+
     buffer: list[JobOutcome] = []
+    times: dict[str, tuple[datetime | None, datetime]] = {}
+
+    def flush() -> None:
+        reg.record_outcomes(plan.run_id, buffer, alias=plan.alias, times=times)
+        buffer.clear()
+        times.clear()
+
     last_flush = time.monotonic()
     clean = False
     try:
-        for (_, job), result in executor.run_unordered(train_job, ((shared, j) for j in todo)):
+        for (_, job), result in executor.run_unordered(train_job, admitted(), slots):
+            times[job.key] = (started_at.pop(job.key, None), datetime.now(UTC))
             outcome = result if isinstance(result, JobOutcome) else _crashed(plan, job, result)
             _gate(plan, outcome, champions, report)
             buffer.append(outcome)
             progress.done += 1
             progress.failed += outcome.status == "failed"
             if len(buffer) >= FLUSH_EVERY_N or time.monotonic() - last_flush > FLUSH_EVERY_S:
-                reg.record_outcomes(plan.run_id, buffer, alias=plan.alias)
-                buffer, last_flush = [], time.monotonic()
+                flush()
+                last_flush = time.monotonic()
             if on_progress is not None:
                 on_progress(progress)
         clean = True
@@ -141,7 +164,8 @@ def produce(
     finally:
         executor.shutdown(cancel=not clean)
         if buffer:
-            reg.record_outcomes(plan.run_id, buffer, alias=plan.alias)
+            flush()
+        slots.release(unfinished=list(started_at))
         reg.set_run_status(plan.run_id, "done" if clean else "interrupted")
         report.seconds = time.monotonic() - started
     return report

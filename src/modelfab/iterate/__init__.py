@@ -10,15 +10,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from modelfab.iterate.decisions import DecisionLog
+    from modelfab.iterate.demo import run_loop_demo
     from modelfab.iterate.feedback import FeedbackStore
     from modelfab.iterate.loop import IterationLoop
 
-__all__ = ["DecisionLog", "FeedbackStore", "IterationLoop"]
+__all__ = ["DecisionLog", "FeedbackStore", "IterationLoop", "run_loop_demo"]
 
 _WHERE = {
     "DecisionLog": "modelfab.iterate.decisions",
     "FeedbackStore": "modelfab.iterate.feedback",
     "IterationLoop": "modelfab.iterate.loop",
+    "run_loop_demo": "modelfab.iterate.demo",
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelfab.iterate.decisions import CHALLENGER, CHAMPION, DecisionLog, DecisionRecord, Deployment
+from modelfab.iterate.leader import Leadership
 from modelfab.iterate.monitor import ProfileCache, VersionReport, online_metric, watch_versions
 from modelfab.iterate.policy import (
     Verdict,
@@ -41,6 +42,7 @@ class PassReport:
     indexed: int = 0
     watched: int = 0
     actions: list[tuple[str, str, str]] = field(default_factory=list)  # (model, action, reason)
+    standby: list[str] = field(default_factory=list)  # recipes another loop process leads
 
     def count(self, action: str) -> int:
         return sum(1 for a in self.actions if a[1] == action)
@@ -71,14 +73,24 @@ class IterationLoop:
         self.log = DecisionLog(ws.registry)
         self.index = PredictionIndex(ws.engine, ws.settings.home, ws.registry.tenant)
         self.profiles = ProfileCache(ws)
+        # One loop process acts on a recipe at a time; run_forever keeps the lead between passes.
+        self.leader = Leadership(ws.engine, ws.registry.tenant, ws.settings.home)
+        self._keep_lead = False
 
     # ------------------------------------------------------------------ driving
     def run_once(self) -> PassReport:
         started = time.monotonic()
         report = PassReport(indexed=self.index.sync())
-        for recipe, file in self.recipes:
-            assert recipe.iterate is not None
-            self._pass(recipe, file, recipe.iterate, report)
+        try:
+            for recipe, file in self.recipes:
+                assert recipe.iterate is not None
+                if not self.leader.hold(recipe.name):
+                    report.standby.append(recipe.name)
+                    continue
+                self._pass(recipe, file, recipe.iterate, report)
+        finally:
+            if not self._keep_lead:
+                self.leader.release()
         report.seconds = time.monotonic() - started
         return report
 
@@ -89,14 +101,19 @@ class IterationLoop:
         on_pass: Callable[[PassReport], None] | None = None,
     ) -> None:
         stop = stop or threading.Event()
-        while not stop.is_set():
-            try:
-                report = self.run_once()
-                if on_pass is not None:
-                    on_pass(report)
-            except Exception:  # one bad pass must not end the service; the next one retries
-                log.exception("iteration pass failed")
-            stop.wait(interval)
+        self._keep_lead = True
+        try:
+            while not stop.is_set():
+                try:
+                    report = self.run_once()
+                    if on_pass is not None:
+                        on_pass(report)
+                except Exception:  # one bad pass must not end the service; the next one retries
+                    log.exception("iteration pass failed")
+                stop.wait(interval)
+        finally:
+            self._keep_lead = False
+            self.leader.release()
 
     # ------------------------------------------------------------------ one recipe
     def _pass(self, recipe: Recipe, file: str, spec: IterateSpec, report: PassReport) -> None:

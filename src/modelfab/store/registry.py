@@ -7,7 +7,7 @@ callers where volume matters (a production run registers its versions in groups)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -181,10 +181,15 @@ class Registry:
         ]
 
     def record_outcomes(
-        self, run_id: str | None, outcomes: Sequence[JobOutcome], alias: str = CHAMPION
+        self,
+        run_id: str | None,
+        outcomes: Sequence[JobOutcome],
+        alias: str = CHAMPION,
+        times: Mapping[str, tuple[datetime | None, datetime]] | None = None,
     ) -> dict[str, int | None]:
         """Register the versions of finished jobs and mark the jobs, all in one transaction. Versions
         whose outcome says ``promote`` get ``alias`` (champion for the factory, challenger for the loop).
+        ``times`` gives each job key's (started, finished) times as the driver saw them.
 
         Idempotent per (run, job): a job registered before (say by a run that was killed after its
         commit) gets its existing version back, never a second one. Returns job key -> version.
@@ -232,6 +237,10 @@ class Registry:
                         reason=sa.bindparam("j_reason"),
                         model=sa.bindparam("j_model"),
                         version=sa.bindparam("j_version"),
+                        started_at=sa.func.coalesce(
+                            sa.bindparam("j_started", type_=t.jobs.c.started_at.type), t.jobs.c.started_at
+                        ),
+                        finished_at=sa.bindparam("j_finished"),
                         updated_at=ts,
                     ),
                     [
@@ -241,6 +250,8 @@ class Registry:
                             "j_reason": o.reason,
                             "j_model": o.model,
                             "j_version": result[o.key],
+                            "j_started": (times or {}).get(o.key, (None, ts))[0],
+                            "j_finished": (times or {}).get(o.key, (None, ts))[1],
                         }
                         for o in outcomes
                     ],

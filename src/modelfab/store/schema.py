@@ -219,3 +219,45 @@ decisions = Table(
     Column("reason", Text, nullable=False),
 )
 Index("ix_decisions_name", decisions.c.tenant, decisions.c.name, decisions.c.id)
+
+
+# scale out (migration 0003)
+# When each job started and finished, written by its run's driver, so a quota can be audited afterwards.
+jobs.append_column(Column("started_at", DateTime(timezone=True), nullable=True))
+jobs.append_column(Column("finished_at", DateTime(timezone=True), nullable=True))
+
+# The most jobs a tenant's runs may have running at once, across every driver sharing the registry.
+tenant_quotas = Table(
+    "tenant_quotas",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("max_jobs", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", name="pk_tenant_quotas"),
+)
+
+# Job slots held by each live run driver: what it wants, what it holds, and its heartbeat. A row whose
+# heartbeat is older than the lease belongs to a dead driver and no longer counts.
+slot_claims = Table(
+    "slot_claims",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("driver", String(64), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("priority", String(10), nullable=False),
+    Column("wanted", Integer, nullable=False),
+    Column("claimed", Integer, nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "driver", name="pk_slot_claims"),
+)
+
+# Which loop process leads each recipe (for people and tests; the lock itself is a database or file lock).
+loop_leaders = Table(
+    "loop_leaders",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("recipe", String(200), nullable=False),
+    Column("holder", String(200), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "recipe", name="pk_loop_leaders"),
+)
