@@ -63,6 +63,9 @@ def test_commands(cli: CliRunner, produced: Workspace, traffic: Traffic, tmp_pat
     assert "tenure" in mon["versions"][0]["psi"]
     assert "max PSI" in run(cli, "monitor", "churn.site-000")
     assert "pass: 3 model(s) watched" in run(cli, "iterate", "--once", "--recipe", str(recipe))
+    # Without --recipe the loop reads the recipes the registry ran that have an iterate: section.
+    assert "pass: 3 model(s) watched" in run(cli, "iterate", "--once")
+    assert json.loads(run(cli, "monitor", "churn.site-000", "--json"))["versions"][0]["rows"] > 0
     assert json.loads(run(cli, "history", "churn.site-000", "--json")) == []
     assert "no decisions yet" in run(cli, "history", "churn.site-000")
     assert "version 1 (was 1)" in run(
@@ -75,7 +78,7 @@ def test_commands(cli: CliRunner, produced: Workspace, traffic: Traffic, tmp_pat
     assert {"time", "action", "version", "reason"} <= set(rows[0])
 
 
-def test_bad_input(cli: CliRunner, tmp_path: Path) -> None:
+def test_bad_input(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "no such file" in run(cli, "feedback", str(tmp_path / "none.csv"), code=1)
     (tmp_path / "bad.csv").write_text("id,row,outcome\nabc,zz,1\n")
     assert "bad.csv:2: row must be a number" in run(cli, "feedback", str(tmp_path / "bad.csv"), code=1)
@@ -86,9 +89,10 @@ def test_bad_input(cli: CliRunner, tmp_path: Path) -> None:
     assert "--reason" in run(cli, "promote", "churn.site-000", "1", "--reason", " ", code=2)
     assert "no earlier champion" in run(cli, "rollback", "churn.site-000", "--reason", "x", code=1)
     assert "does not exist" in run(cli, "rollback", "nope", "--reason", "x", code=1)
-    assert "--recipe FILE" in run(cli, "iterate", "--once", code=1)
     no_loop = tmp_path / "plain.yaml"
     no_loop.write_text(RECIPE.split("iterate:")[0])
     assert "no iterate: section" in run(cli, "iterate", "--once", "--recipe", str(no_loop), code=1)
     assert "not found" in run(cli, "iterate", "--once", "--recipe", str(tmp_path / "x.yaml"), code=1)
     assert "interval" in run(cli, "iterate", "--interval", "0", "--recipe", str(no_loop), code=2)
+    monkeypatch.setenv("MODELFAB_HOME", str(tmp_path / "empty"))
+    assert "--recipe FILE" in run(cli, "iterate", "--once", code=1)

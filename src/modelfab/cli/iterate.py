@@ -11,23 +11,38 @@ from modelfab.cli.common import console, err_console, open_workspace, print_json
 
 if TYPE_CHECKING:
     from modelfab.recipe import Recipe
+    from modelfab.store import Workspace
 
 __all__ = ["feedback", "history", "iterate", "monitor", "promote", "rollback", "up"]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 RecipesOpt = Annotated[
-    list[Path] | None, typer.Option("--recipe", help="Recipe file with an iterate: section (repeatable).")
+    list[Path] | None,
+    typer.Option(
+        "--recipe",
+        help="Recipe file with an iterate: section (repeatable). Default: every produced recipe with one.",
+    ),
 ]
 
 
-def _recipes(paths: list[Path] | None, required: bool = True) -> list[tuple[Recipe, str]]:
+def _recipes(paths: list[Path] | None, ws: Workspace | None = None) -> list[tuple[Recipe, str]]:
+    """Recipes from files, or else the recipes the registry last ran that have an ``iterate:`` section."""
     from modelfab.errors import RecipeError
-    from modelfab.recipe import load_recipe
+    from modelfab.recipe import Recipe, load_recipe
 
     if not paths:
-        if required:
-            raise RecipeError("give the recipes to iterate with --recipe FILE (repeatable)")
-        return []
+        found = []
+        if ws is not None:
+            for spec in ws.registry.latest_recipe_specs():
+                recipe = Recipe.model_validate(spec)
+                if recipe.iterate is not None:
+                    found.append((recipe, f"registry:{recipe.name}"))
+        if not found:
+            raise RecipeError(
+                "no produced recipe has an iterate: section; add one and run modelfab produce, "
+                "or give recipe files with --recipe FILE (repeatable)"
+            )
+        return found
     out = []
     for path in paths:
         recipe = load_recipe(path)
@@ -37,6 +52,15 @@ def _recipes(paths: list[Path] | None, required: bool = True) -> list[tuple[Reci
             )
         out.append((recipe, str(path)))
     return out
+
+
+def _recipes_or_none(ws: Workspace) -> list[tuple[Recipe, str]]:
+    from modelfab.errors import RecipeError
+
+    try:
+        return _recipes(None, ws)
+    except RecipeError:
+        return []
 
 
 def feedback(
@@ -71,7 +95,8 @@ def feedback(
 def monitor(
     name: Annotated[str, typer.Argument(help="Model name, e.g. churn.site-007.")],
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe file (for its window); default 2000 rows.")
+        Path | None,
+        typer.Option(help="Recipe file (for its window); default: the recipe the model was produced with."),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -81,11 +106,15 @@ def monitor(
     from modelfab.iterate.predindex import PredictionIndex
     from modelfab.recipe import IterateSpec
 
-    spec = _recipes([recipe])[0][0].iterate if recipe is not None else IterateSpec()
-    assert spec is not None
     ws = open_workspace()
-    PredictionIndex(ws.engine, ws.settings.home, ws.registry.tenant).sync()
     champion = ws.registry.get_version(name)
+    if recipe is not None:
+        spec = _recipes([recipe])[0][0].iterate
+    else:
+        produced = [r for r, _ in _recipes_or_none(ws) if r.name == champion.recipe]
+        spec = produced[0].iterate if produced else None
+    spec = spec or IterateSpec()
+    PredictionIndex(ws.engine, ws.settings.home, ws.registry.tenant).sync()
     deployment = DecisionLog(ws.registry).deployments().get(name)
     versions = [champion]
     if deployment is not None and deployment.version != champion.version:
@@ -211,8 +240,8 @@ def iterate(
     """Run the iteration loop: watch, retrain, gate, canary, promote or roll back."""
     from modelfab.iterate.loop import IterationLoop
 
-    recipes = _recipes(recipe)
     ws = open_workspace()
+    recipes = _recipes(recipe, ws)
     loop = IterationLoop(ws, recipes, workers=workers)
     if once:
         _print_pass(loop.run_once())
@@ -257,8 +286,8 @@ def up(
     from modelfab.errors import UnavailableError
     from modelfab.iterate.loop import IterationLoop
 
-    recipes = _recipes(recipe)
     ws = open_workspace()
+    recipes = _recipes(recipe, ws)
     cmd = [
         sys.executable,
         "-m",

@@ -108,6 +108,7 @@ def produce(
         dataset=plan.dataset,
         jobs=[(j.key, j.partition) for j in plan.jobs],
         priority=priority,
+        spec=recipe.model_dump(mode="json"),
     )
     states = reg.job_states(plan.run_id)
     todo = [j for j in plan.jobs if states.get(j.key) not in ("done", "failed")]

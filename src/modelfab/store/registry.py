@@ -91,8 +91,10 @@ class Registry:
         dataset: DatasetVersion,
         jobs: Sequence[tuple[str, str | None]],
         priority: str = "normal",
+        spec: dict[str, Any] | None = None,
     ) -> bool:
-        """Create the run and its jobs unless they exist. Returns True when the run is new."""
+        """Create the run and its jobs unless they exist. Returns True when the run is new.
+        ``spec`` is the recipe as run (JSON), kept so the iteration loop can read its policy."""
         ts = now()
         with write_tx(self.engine) as conn:
             _serialize(conn, "run", self.tenant, run_id)
@@ -112,6 +114,7 @@ class Registry:
                     status="running",
                     priority=priority,
                     total=len(jobs),
+                    spec=spec,
                     created_at=ts,
                     updated_at=ts,
                 )
@@ -132,6 +135,28 @@ class Registry:
                     ],
                 )
         return True
+
+    def latest_recipe_specs(self) -> list[dict[str, Any]]:
+        """The recipe each recipe name last ran with (newest run per name)."""
+        r = t.runs
+        newest = (
+            sa.select(r.c.recipe, sa.func.max(r.c.created_at).label("at"))
+            .where(r.c.tenant == self.tenant, r.c.spec.is_not(None))
+            .group_by(r.c.recipe)
+            .subquery()
+        )
+        q = (
+            sa.select(r.c.recipe, r.c.spec)
+            .join(newest, sa.and_(r.c.recipe == newest.c.recipe, r.c.created_at == newest.c.at))
+            .where(r.c.tenant == self.tenant)
+            .order_by(r.c.recipe)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        seen: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            seen.setdefault(row.recipe, row.spec)
+        return list(seen.values())
 
     def job_states(self, run_id: str) -> dict[str, str]:
         j = t.jobs

@@ -56,6 +56,7 @@ runs = Table(
     Column("total", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("spec", JSON, nullable=True),  # the recipe as run (0004)
     PrimaryKeyConstraint("tenant", "id", name="pk_runs"),
 )
 
