@@ -29,6 +29,7 @@ __all__ = ["FeedbackItem", "FeedbackResult", "FeedbackStore", "parse_items", "re
 MAX_ITEMS = 100_000
 MAX_ID = 64
 LOOKUP_CHUNK = 500
+PEER_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,19 @@ def _typed(text: str) -> Any:
 class FeedbackStore:
     """Attaches outcomes to indexed predictions; looks in the prediction log for ids not indexed yet."""
 
-    def __init__(self, engine: Engine, tenant: str = "default", index: PredictionIndex | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tenant: str = "default",
+        index: PredictionIndex | None = None,
+        peer_wait_s: float = 0.0,
+    ) -> None:
+        """``peer_wait_s``: with several servers on one database, a prediction another server made reaches
+        the shared index within its sync interval; ids still unknown are looked up again until then."""
         self.engine = engine
         self.tenant = tenant
         self.index = index
+        self.peer_wait_s = peer_wait_s
 
     def ingest(self, items: Sequence[FeedbackItem]) -> FeedbackResult:
         latest = {(i.id, i.row): i.outcome for i in items}  # last one wins
@@ -152,6 +162,10 @@ class FeedbackStore:
         if len(known) < len(latest) and self.index is not None:
             # The server logs a prediction before it answers, so the id may just not be indexed yet.
             self.index.sync()
+            known |= self._known([k for k in latest if k not in known])
+        deadline = time.monotonic() + self.peer_wait_s
+        while len(known) < len(latest) and time.monotonic() < deadline:
+            time.sleep(PEER_POLL_S)
             known |= self._known([k for k in latest if k not in known])
         now = time.time()
         p = t.prediction_rows

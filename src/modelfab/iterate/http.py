@@ -7,6 +7,7 @@ before a fork), and the blocking ingest runs in a thread so the event loop keeps
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from modelfab.iterate.feedback import FeedbackStore, parse_items
 
 __all__ = ["MAX_BODY_BYTES", "routes"]
 
+log = logging.getLogger("modelfab.iterate")
 MAX_BODY_BYTES = 32 << 20
+PUBLISH_EVERY_S = 0.5
+PEER_WAIT_S = 1.5
 
 
 class _LazyStore:
@@ -40,8 +44,24 @@ class _LazyStore:
                 engine = create_engine(s.resolved_database_url)
                 migrate(engine, lock_dir=Path(s.home))
                 index = PredictionIndex(engine, Path(s.home), s.tenant)
-                self._store = FeedbackStore(engine, s.tenant, index)
+                shared = engine.dialect.name != "sqlite"
+                self._store = FeedbackStore(
+                    engine, s.tenant, index, peer_wait_s=PEER_WAIT_S if shared else 0.0
+                )
             return self._store
+
+
+def _publish_forever(store: _LazyStore, stop: threading.Event) -> None:
+    """Push this server's prediction log into the shared index every PUBLISH_EVERY_S, so feedback sent to
+    any server sharing the database finds predictions this one made."""
+    while not stop.wait(PUBLISH_EVERY_S):
+        try:
+            index = store.get().index
+            if index is not None:
+                index.sync()
+        except Exception:  # the database may be briefly away; the next round catches up
+            log.warning("publishing predictions to the shared index failed; retrying", exc_info=True)
+            stop.wait(PUBLISH_EVERY_S * 4)
 
 
 async def _body(request: Request) -> bytes:
@@ -64,6 +84,12 @@ def _json(doc: Any, status: int = 200) -> Response:
 def routes(settings: Any) -> list[Route]:
     """The feedback route; ``settings`` is the server's :class:`modelfab.settings.Settings`."""
     store = _LazyStore(settings)
+    url = str(getattr(settings, "resolved_database_url", "sqlite"))
+    if not url.startswith("sqlite"):
+        # Several servers share this database: publish predictions continuously, not only on feedback.
+        threading.Thread(
+            target=_publish_forever, args=(store, threading.Event()), name="modelfab-publish", daemon=True
+        ).start()
 
     async def feedback(request: Request) -> Response:
         # Errors are answered here in the OIP shape, so the route behaves the same wherever it is mounted.
