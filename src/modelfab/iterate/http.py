@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ from starlette.routing import Route
 
 from modelfab.errors import InvalidInputError, ModelfabError, PayloadTooLargeError
 from modelfab.iterate.feedback import FeedbackStore, parse_items
+from modelfab.iterate.snapshots import SnapshotMetrics
 
-__all__ = ["MAX_BODY_BYTES", "routes"]
+__all__ = ["MAX_BODY_BYTES", "metrics", "routes"]
 
 log = logging.getLogger("modelfab.iterate")
 MAX_BODY_BYTES = 32 << 20
@@ -105,3 +107,23 @@ def routes(settings: Any) -> list[Route]:
         return _json(result.to_json())
 
     return [Route("/v2/feedback", feedback, methods=["POST"])]
+
+
+def metrics(settings: Any) -> Callable[[], str]:
+    """Extra ``/metrics`` text for the server: the loop's latest online metric and drift per version.
+    The engine opens on first scrape, in the worker that serves it."""
+    state: dict[str, SnapshotMetrics] = {}
+    lock = threading.Lock()
+
+    def text() -> str:
+        with lock:
+            if "m" not in state:
+                from modelfab.store.db import create_engine, migrate
+
+                engine = create_engine(settings.resolved_database_url)
+                migrate(engine, lock_dir=Path(settings.home))
+                state["m"] = SnapshotMetrics(engine, settings.tenant)
+            source = state["m"]
+        return source.text()
+
+    return text

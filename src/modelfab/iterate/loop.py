@@ -26,6 +26,7 @@ from modelfab.iterate.policy import (
 )
 from modelfab.iterate.predindex import PredictionIndex
 from modelfab.iterate.retrain import build_dataset, judge_mask, offline_metric, traffic_frame
+from modelfab.iterate.snapshots import save_snapshots
 from modelfab.iterate.window import labelled_rows, trial_rows
 from modelfab.recipe import IterateSpec, Recipe
 from modelfab.store import ModelVersion, Workspace
@@ -135,6 +136,7 @@ class IterationLoop:
         if not watching:
             return
         reports = watch_versions(self.ws, watching, spec.window, self.profiles)
+        save_snapshots(self.ws.engine, self.ws.registry.tenant, reports.values())
         report.watched += len(watching)
         cooldown = parse_duration(spec.cooldown)
         now = self.clock()

@@ -16,7 +16,7 @@ from modelfab.errors import ConfigError
 
 __all__ = ["HEAD_REVISION", "create_engine", "migrate", "write_tx"]
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 BUSY_TIMEOUT_MS = 30_000
 
 

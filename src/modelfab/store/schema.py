@@ -262,3 +262,21 @@ loop_leaders = Table(
     Column("since", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("tenant", "recipe", name="pk_loop_leaders"),
 )
+
+# The loop's latest watch of each live version (online metric, drift), for /metrics and dashboards.
+watch_snapshots = Table(
+    "watch_snapshots",
+    metadata,
+    Column("tenant", String(64), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("metric", String(20), nullable=False),
+    Column("holdout", Float, nullable=True),
+    Column("online", Float, nullable=True),
+    Column("labelled", Integer, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("psi", JSON, nullable=False),
+    Column("prediction_psi", Float, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant", "name", "version", name="pk_watch_snapshots"),
+)
