@@ -2,10 +2,14 @@
 
     .venv/bin/python bench/serve.py [--seconds 10] [--conns 32] [--workers 1,2] [--only tiny,heavy,many]
 
-Peers: a minimal Starlette + uvicorn + onnxruntime endpoint (always), LitServe and Ray Serve when a peers
+Peers: a minimal Starlette + uvicorn + onnxruntime endpoint (always), LitServe, Ray Serve (``@serve.batch``)
+and, for many models, Ray Serve ``@serve.multiplexed(max_num_models_per_replica=200)``, when a peers
 virtualenv at bench/out/peers has them (``python -m venv bench/out/peers && bench/out/peers/bin/pip install
-litserve 'ray[serve]' onnxruntime numpy``); a missing peer is skipped with the reason. Load comes from a
-separate process (bench/serve_load.py: keep-alive HTTP/1.1 on asyncio), OIP v2 JSON bodies.
+litserve 'ray[serve]' onnxruntime numpy``); a missing peer is skipped with the reason. ``modelfab xN`` is
+compared with the Starlette peer run as N processes sharing the port (and, for many models, the same total of
+200 resident sessions). The 1,000 many-models artifacts are distinct (see ``serve_models.variants``). Load
+comes from a separate process (bench/serve_load.py: keep-alive HTTP/1.1 on asyncio), OIP v2 JSON bodies.
+The density benchmark (10,000 models in a real workspace) is bench/serve_density.py.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 OUT = HERE / "out" / "serve"
 PEERS_PY = HERE / "out" / "peers" / "bin" / "python"
+RAY_MANY = HERE / "serve_ray_many.py"
 sys.path.insert(0, str(HERE))
 
 
@@ -71,6 +76,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def load(port: int, paths: list[str], body_file: Path, conns: int, seconds: float) -> dict[str, float]:
+    paths_file = OUT / "paths.json"
+    paths_file.write_text(json.dumps(paths))
     out = subprocess.run(
         [
             sys.executable,
@@ -78,7 +85,7 @@ def load(port: int, paths: list[str], body_file: Path, conns: int, seconds: floa
             "--port",
             str(port),
             "--paths",
-            json.dumps(paths),
+            f"@{paths_file}",
             "--body",
             str(body_file),
             "--conns",
@@ -103,6 +110,22 @@ def modelfab_cmd(port: int, home: Path, workers: int, memory: str) -> tuple[list
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(HERE)])}
     return [sys.executable, "-c", script], env
+
+
+def starlette_cmd(port: int, registry: Path, *, procs: int = 1, lru: int = 0) -> list[str]:
+    script = str(HERE / "serve_starlette.py")
+    return [
+        sys.executable,
+        script,
+        "--port",
+        str(port),
+        "--registry",
+        str(registry),
+        "--procs",
+        str(procs),
+        "--lru",
+        str(lru),
+    ]
 
 
 def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -133,7 +156,7 @@ def run_peer(
 
 
 def main() -> None:
-    from serve_models import HEAVY, TINY, train_mlp, write_registry
+    from serve_models import HEAVY, TINY, train_mlp, variants, write_registry
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
@@ -147,7 +170,7 @@ def main() -> None:
     registry = home / "bench_registry"
     print("training models on digits ...", flush=True)
     tiny, heavy = train_mlp(TINY), train_mlp(HEAVY)
-    many = {f"small-{i:04d}": tiny for i in range(1000)}
+    many = {f"small-{i:04d}": blob for i, blob in enumerate(variants(tiny, 1000))}
     write_registry(registry, {"tiny": tiny, "heavy": heavy, **many})
     (OUT / "tiny.onnx").write_bytes(tiny)
     (OUT / "heavy.onnx").write_bytes(heavy)
@@ -169,22 +192,10 @@ def main() -> None:
                 res[f"modelfab x{w}"] = run_peer(
                     "modelfab", lambda p, w=w: start(*modelfab_cmd(p, home, w, "1GiB")), paths, body, args
                 )
-            res["starlette"] = run_peer(
-                "starlette",
-                lambda p: start(
-                    [
-                        sys.executable,
-                        str(HERE / "serve_starlette.py"),
-                        "--port",
-                        str(p),
-                        "--registry",
-                        str(registry),
-                    ]
-                ),
-                paths,
-                body,
-                args,
-            )
+            for w in [int(x) for x in args.workers.split(",")]:  # same process count as modelfab xN
+                res[f"starlette x{w}"] = run_peer(
+                    "starlette", lambda p, w=w: start(starlette_cmd(p, registry, procs=w)), paths, body, args
+                )
             for peer, script in (("litserve", "serve_litserve.py"), ("ray serve", "serve_ray.py")):
                 if peer.split()[0] not in args.peers.split(","):
                     continue
@@ -212,35 +223,43 @@ def main() -> None:
                     body,
                     args,
                 )
-            res["starlette lru200"] = run_peer(
-                "starlette",
-                lambda p: start(
-                    [
-                        sys.executable,
-                        str(HERE / "serve_starlette.py"),
-                        "--port",
-                        str(p),
-                        "--registry",
-                        str(registry),
-                        "--lru",
-                        "200",
-                    ]
-                ),
-                paths,
-                body,
-                args,
-            )
-            res["ray serve multiplexed"] = "skipped: not implemented in this benchmark yet"
+            # Same process count and the same total of resident models (200) as each modelfab run.
+            for w in [int(x) for x in args.workers.split(",")]:
+                res[f"starlette lru200 x{w}"] = run_peer(
+                    "starlette",
+                    lambda p, w=w: start(starlette_cmd(p, registry, procs=w, lru=200 // w)),
+                    paths,
+                    body,
+                    args,
+                )
+            if "ray" in args.peers.split(","):
+                if not has_peers:
+                    res["ray serve multiplexed"] = f"skipped: no peers venv at {PEERS_PY.parent.parent}"
+                else:
+                    res["ray serve multiplexed"] = run_peer(
+                        "ray",
+                        lambda p: start(
+                            [str(PEERS_PY), str(HERE / "serve_ray_many.py"), str(registry), str(p)]
+                        ),
+                        paths,
+                        body,
+                        args,
+                    )
         results[scenario] = res
         print(f"\n== {scenario} ({args.conns} connections, {args.seconds}s) ==")
-        base = res.get("starlette") or res.get("starlette lru200")
         for peer, r in res.items():
             if isinstance(r, str):
                 print(f"  {peer:24s} {r}")
                 continue
+            # like with like: modelfab xN against the peer run with N processes
+            n = peer.rsplit("x", 1)[-1] if peer.startswith("modelfab x") else "1"
+            base = res.get(f"starlette x{n}") or res.get(f"starlette lru200 x{n}")
             ratio = (
                 f"{r['rps'] / base['rps']:.2f}x starlette" if isinstance(base, dict) and base["rps"] else ""
             )
+            ray = res.get("ray serve multiplexed") or res.get("ray serve")
+            if isinstance(ray, dict) and ray["rps"] and peer.startswith("modelfab"):
+                ratio += f", {r['rps'] / ray['rps']:.2f}x ray"
             print(
                 f"  {peer:24s} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
                 f"  errors {r['errors']}  {ratio}"

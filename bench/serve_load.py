@@ -46,10 +46,21 @@ async def connection(
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
                 length = 0
+                chunked = False
                 for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
+                    low = line.lower()
+                    if low[:15] == b"content-length:":
                         length = int(line[15:])
-                await reader.readexactly(length)
+                    elif low.startswith(b"transfer-encoding:") and b"chunked" in low:
+                        chunked = True  # Ray Serve's proxy answers chunked
+                if chunked:
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                        await reader.readexactly(size + 2)
+                        if size == 0:
+                            break
+                else:
+                    await reader.readexactly(length)
                 if status == 200:
                     lat.append(time.perf_counter() - started)
                 else:
@@ -97,7 +108,9 @@ async def run(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--paths", required=True, help="JSON list of request paths, picked at random")
+    ap.add_argument(
+        "--paths", required=True, help="JSON list of request paths, picked at random (@FILE: read from FILE)"
+    )
     ap.add_argument("--body", required=True, help="file with the JSON body")
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10)
@@ -105,6 +118,11 @@ def main() -> None:
     args = ap.parse_args()
     with open(args.body, "rb") as fh:
         body = fh.read()
+    if args.paths.startswith("@"):
+        with open(args.paths[1:]) as fh:
+            paths = json.load(fh)
+    else:
+        paths = json.loads(args.paths)
     try:
         import uvloop
 
@@ -112,9 +130,7 @@ def main() -> None:
     except ImportError:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        result = runner.run(
-            run("127.0.0.1", args.port, json.loads(args.paths), body, args.conns, args.seconds, args.warmup)
-        )
+        result = runner.run(run("127.0.0.1", args.port, paths, body, args.conns, args.seconds, args.warmup))
     print(json.dumps(result))
 
 

@@ -30,6 +30,25 @@ def train_mlp(hidden: tuple[int, ...], seed: int = 0) -> bytes:
     return onx.SerializeToString()
 
 
+def variants(blob: bytes, n: int) -> list[bytes]:
+    """``n`` distinct models from one: the last float initializer nudged per copy, so every artifact (and
+    digest) differs and no server can share one session among them."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(blob)
+    floats = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    init = floats[-1]  # a bias: class labels and shapes are integer initializers
+    base = numpy_helper.to_array(init).copy()
+    out = []
+    for i in range(n):
+        arr = base.copy()
+        arr.flat[0] += (i + 1) * 1e-4
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        out.append(model.SerializeToString())
+    return out
+
+
 def write_registry(folder: Path, models: dict[str, bytes]) -> None:
     """A registry folder read by bench/serve_source.py: index.json plus one blob per digest."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ from ray import serve
 from starlette.requests import Request
 
 
-@serve.deployment
+# Room for a full batch: with Ray's default of 5 requests per replica, 32 connections queue at the proxy.
+@serve.deployment(max_ongoing_requests=64)
 class Onnx:
     def __init__(self, path: str) -> None:
         opts = ort.SessionOptions()

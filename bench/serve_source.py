@@ -44,6 +44,10 @@ class FolderSource:
     def index(self) -> list[Version]:
         return list(self.versions.values())
 
+    def generation(self) -> int:
+        # The folder never changes while a benchmark runs, like a workspace whose aliases stay put.
+        return 0
+
 
 def folder_source(settings: Any) -> FolderSource:
     return FolderSource(Path(settings.home) / "bench_registry")

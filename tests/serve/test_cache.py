@@ -10,6 +10,7 @@ from serve_helpers import FakeSource
 from modelfab.errors import OverloadedError, UnavailableError
 from modelfab.serve.cache import Candidate, ModelCache, choose_evictions, idle_keys
 from modelfab.serve.runtime import session_overhead_bytes
+from modelfab.serve.types import InferRequest
 
 
 def c(name: str, size: int, last_used: float, busy: bool = False) -> Candidate:
@@ -125,3 +126,95 @@ def test_digest_mismatch_is_refused_and_not_retried_at_once(source: FakeSource) 
     before = source.fetches
     asyncio.run(scenario())
     assert source.fetches - before == 1
+
+
+def test_evicted_model_is_freed_at_once(source: FakeSource) -> None:
+    """Eviction drops the session by reference counting, not at a later full garbage collection (a pass
+    that stalls the event loop for tens of milliseconds with thousands of models)."""
+    import gc
+    import weakref
+
+    from modelfab.serve.codec_rest import decode_request
+    from modelfab.serve.options import ServeOptions
+    from modelfab.serve.service import InferenceService
+
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
+
+    async def decode() -> InferRequest:
+        return decode_request(body, None)
+
+    async def scenario() -> None:
+        service = InferenceService(
+            source, ServeOptions(max_memory_bytes=_budget_for(source, 1), log_predictions=False)
+        )
+        await service.start()
+        try:
+            await service.infer("double", None, decode)
+            _, model = await service.model("double", None)
+            ref = weakref.ref(model)
+            del model
+            await service.infer("fixed", None, decode)  # evicts double
+            assert not service.cache.is_loaded("double", 1)
+            assert ref() is None
+        finally:
+            await service.stop()
+
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
+
+
+def test_a_slow_load_does_not_stall_other_models(source: FakeSource) -> None:
+    """A model that is not small loads in a thread: while its artifact is still being fetched, requests
+    for models already loaded keep being answered."""
+    import threading
+    from dataclasses import replace
+    from typing import Any
+
+    from modelfab.serve.cache import INLINE_LOAD_BYTES
+    from modelfab.serve.codec_rest import decode_request
+    from modelfab.serve.options import ServeOptions
+    from modelfab.serve.service import InferenceService
+
+    gate = threading.Event()
+    slow_digest = source.resolve("tabular", None).artifact_digest
+
+    class SlowStore:
+        def resolve(self, name: str, ref: str | int | None) -> Any:
+            v = source.resolve(name, ref)
+            return replace(v, artifact_size=INLINE_LOAD_BYTES) if name == "tabular" else v
+
+        def fetch(self, digest: str) -> bytes:
+            if digest == slow_digest:
+                gate.wait(30)
+            return source.fetch(digest)
+
+        def index(self) -> Any:
+            return source.index()
+
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}'
+
+    async def decode() -> InferRequest:
+        return decode_request(body, None)
+
+    async def scenario() -> None:
+        service = InferenceService(SlowStore(), ServeOptions(log_predictions=False))
+        await service.start()
+        try:
+            await service.infer("double", None, decode)
+            slow = asyncio.create_task(service.model("tabular", None))
+            await asyncio.sleep(0)  # let it start loading
+            for _ in range(20):
+                resp, _ = await service.infer("double", None, decode)
+                assert resp.outputs["y"].tolist() == [[2, 4, 6, 8]]
+            assert not slow.done()  # still waiting for its artifact
+            gate.set()
+            info, model = await slow
+            assert info.name == "tabular" and model.inputs
+        finally:
+            gate.set()
+            await service.stop()
+
+    asyncio.run(scenario())

@@ -153,3 +153,18 @@ def test_lookups_are_kept_until_the_generation_moves(
     assert cached.check_changes()
     assert cached.resolve("digits", None).version == 3
     assert watched.resolves == 2
+
+
+def test_prewarm_resolves_every_champion_from_one_index_read(source: FakeSource) -> None:
+    watched = _Watched(source)
+    cached = CachedSource(watched, ttl=0.5)
+    others = [name for name in source.versions if name != "digits"]
+    assert cached.prewarm() == len(others)
+    for name in others:
+        assert cached.is_fresh(name, None) and cached.is_fresh(name, "champion")
+        assert cached.resolve(name, None) == source.resolve(name, None)
+    assert watched.resolves == 0
+    # digits' latest version is the challenger, not the champion: looked up on demand, as before
+    assert not cached.is_fresh("digits", None)
+    assert cached.resolve("digits", None).version == 1
+    assert watched.resolves == 1

@@ -44,6 +44,14 @@ def test_run_server_with_demo_traffic(source: FakeSource, tmp_path: Path) -> Non
         wait_for(lambda: g.is_server_ready(), 30, "grpc")
         assert g.get_model_metadata("digits", as_json=True)["name"] == "digits"
         g.close()
+
+        def served() -> float:
+            text = httpx.get(f"http://{url}/metrics").text
+            lines = text.splitlines()
+            return sum(float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith("modelfab_requests_total{"))
+
+        # Both workers' counts, whichever answers the scrape (the other's within a snapshot period).
+        wait_for(lambda: served() == stats["requests"], 30, "every answered request in /metrics")
         metrics = httpx.get(f"http://{url}/metrics").text
         assert "modelfab_workers 2.0" in metrics
         assert 'modelfab_requests_total{model="digits",protocol="rest",version="1"}' in metrics

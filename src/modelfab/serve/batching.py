@@ -102,22 +102,25 @@ class Batcher:
         item = Item(feeds, rows, outputs, asyncio.get_running_loop().create_future(), context)
         self._queue.append(item)
         self._wake.set()
-        if self._task is None or self._task.done():
+        if self._task is None:
             self._task = asyncio.create_task(self._loop(), name=f"batcher {self.model.name}")
         return await item.future
 
     def close(self) -> None:
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._task.cancel()
+        self._task = None
 
     async def _loop(self) -> None:
-        while True:
-            while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            batch = await self._collect()
-            if batch:
-                await self._dispatch(batch)
+        # Ends when the queue is empty (``submit`` starts a new one): an idle batcher holds no task, so an
+        # evicted model is freed at once by reference counting, not at the next full garbage collection.
+        try:
+            while self._queue:
+                batch = await self._collect()
+                if batch:
+                    await self._dispatch(batch)
+        finally:
+            self._task = None
 
     async def _collect(self) -> list[Item]:
         first = self._queue[0]
@@ -153,9 +156,7 @@ class Batcher:
                     results = self._run(group)
                 else:
                     results = await loop.run_in_executor(self._executor, self._run, group)
-                took = (time.perf_counter() - started) / max(1, len(group))
-                self.run_seconds = took if not self._measured else 0.8 * self.run_seconds + 0.2 * took
-                self._measured = True
+                self._measure((time.perf_counter() - started) / max(1, len(group)))
             except BaseException as exc:
                 for item in group:
                     if not item.future.done():
@@ -169,6 +170,10 @@ class Batcher:
                         item.future.set_exception(result)
                     else:
                         item.future.set_result(result)
+
+    def _measure(self, took: float) -> None:
+        self.run_seconds = took if not self._measured else 0.8 * self.run_seconds + 0.2 * took
+        self._measured = True
 
     def _run(self, group: list[Item]) -> list[dict[str, Array] | BaseException]:
         """Runs in the executor thread: one ONNX Runtime call for the group, then the after-run hook."""

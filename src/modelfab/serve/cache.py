@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from modelfab.errors import IntegrityError, ModelfabError, OverloadedError, UnavailableError
+from modelfab.serve.prepared import PreparedGraphs
 from modelfab.serve.runtime import OnnxModel, session_overhead_bytes
 from modelfab.serve.source import VersionInfo
 
@@ -90,8 +91,11 @@ class ModelCache:
         threads_per_model: int = 1,
         events: CacheEvents | None = None,
         failure_ttl: float = 5.0,
+        prepared: PreparedGraphs | None = None,
     ) -> None:
+        """``prepared``: where small models that load again and again keep their optimized graphs."""
         self._fetch = fetch
+        self._prepared = prepared
         self.budget = budget_bytes
         self._threads = threads_per_model
         self._events = events or CacheEvents()
@@ -152,6 +156,17 @@ class ModelCache:
             entry = _Entry(info=info, size=size, pinned=info.name in self._pinned_names)
             self._entries[key] = entry
             self.used += size
+            if 0 <= info.artifact_size < INLINE_LOAD_BYTES:
+                # A small model loads in well under a millisecond: a thread hop, and threads fighting the
+                # event loop for the GIL, would cost more (and add tail latency) than loading it here. It
+                # is synchronous, so no other request can see it half loaded: no task, no waiting.
+                started = time.monotonic()
+                try:
+                    model = self._build(info)
+                except Exception as exc:
+                    raise self._failed(entry, exc) from None
+                self._loaded(entry, model, started)
+                return
             # A task, so a client hanging up does not cancel a load others are waiting on.
             task = asyncio.create_task(self._load_into(entry))
             task.add_done_callback(_retrieve)
@@ -159,36 +174,59 @@ class ModelCache:
         await asyncio.shield(task)
 
     async def _load_into(self, entry: _Entry) -> OnnxModel:
-        info = entry.info
-        key = (info.name, info.version)
         started = time.monotonic()
         try:
-            if 0 <= info.artifact_size < INLINE_LOAD_BYTES:
-                # A small model loads in well under a millisecond: a thread hop, and threads fighting the
-                # event loop for the GIL, would cost more (and add tail latency) than loading it here.
-                model = self._build(info)
-            else:
-                model = await asyncio.to_thread(self._build, info)
+            model = await asyncio.to_thread(self._build, entry.info)
         except Exception as exc:
-            if self._entries.get(key) is entry:
-                del self._entries[key]
-                self.used -= entry.size
-            err = exc if isinstance(exc, ModelfabError) else UnavailableError(f"loading failed: {exc}")
-            self._failures[key] = (time.monotonic() + self._failure_ttl, err)
-            raise err from None
+            raise self._failed(entry, exc) from None
         finally:
-            self._loading.pop(key, None)
+            self._loading.pop((entry.info.name, entry.info.version), None)
+        self._loaded(entry, model, started)
+        return model
+
+    def _failed(self, entry: _Entry, exc: Exception) -> ModelfabError:
+        """Forget a load that failed, and remember the error a few seconds (no retry storm)."""
+        key = (entry.info.name, entry.info.version)
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+            self.used -= entry.size
+        err = exc if isinstance(exc, ModelfabError) else UnavailableError(f"loading failed: {exc}")
+        self._failures[key] = (time.monotonic() + self._failure_ttl, err)
+        return err
+
+    def _loaded(self, entry: _Entry, model: OnnxModel, started: float) -> None:
+        info = entry.info
+        key = (info.name, info.version)
         if self._entries.get(key) is entry:
             self.used += model.resident_bytes - entry.size
             entry.size = model.resident_bytes
             entry.model = model
         self._failures.pop(key, None)
         self._events.loaded(info.name, info.version, model.resident_bytes, time.monotonic() - started)
-        return model
 
     def _build(self, info: VersionInfo) -> OnnxModel:
+        digest = info.artifact_digest
+        # Only small models, which load on the loop thread: the prepared graphs are not thread-safe.
+        prepared = self._prepared if 0 <= info.artifact_size < INLINE_LOAD_BYTES else None
+        if prepared is not None:
+            graph = prepared.get(digest)
+            if graph is not None:
+                return OnnxModel(info.name, info.version, graph, threads=self._threads, optimized=True)
+        data = self._fetch_checked(info)
+        if prepared is not None and prepared.should_prepare(digest):
+            staged = prepared.staging_path(digest)
+            try:
+                model = OnnxModel(info.name, info.version, data, threads=self._threads, save_optimized=staged)
+            except ModelfabError:
+                prepared.refuse(digest)  # and load it as it is, which says what is wrong if it cannot load
+            else:
+                prepared.adopt(digest)
+                return model
+        return OnnxModel(info.name, info.version, data, threads=self._threads)
+
+    def _fetch_checked(self, info: VersionInfo) -> bytes:
         try:
-            data = self._fetch(info.artifact_digest)
+            return self._fetch(info.artifact_digest)
         except IntegrityError as exc:
             log.error(
                 "refusing model %s version %s: artifact %s failed its digest check (%s)",
@@ -208,7 +246,6 @@ class ModelCache:
             raise UnavailableError(
                 f"model {info.name} version {info.version} is unavailable: {exc}"
             ) from None
-        return OnnxModel(info.name, info.version, data, threads=self._threads)
 
     def _make_room(self, incoming: int) -> None:
         if self.used + incoming <= self.budget:

@@ -59,6 +59,9 @@ class ServeOptions:
     ort_threads: int = 1
     run_threads: int = 1
     pinned: tuple[str, ...] = ()
+    # Disk for optimized graphs of small models that load again and again (see serve/prepared.py), per
+    # worker, under {home}/run; 0 turns it off.
+    prepared_graph_bytes: int = 256 << 20
     server_name: str = "modelfab"
     # ``module:function`` hooks called with the server settings; a missing module means no hook.
     router_factory: str | None = DEFAULT_ROUTER

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 import os
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelfab.serve.metrics import ScrapeFanout, metrics_dir
 from modelfab.serve.service import InferenceService
 from modelfab.serve.source import ModelSource
 from modelfab.serve.worker import Worker
@@ -29,18 +31,43 @@ def load_factory(path: str) -> Callable[[Any], ModelSource]:
 
 
 async def _report(service: InferenceService, worker: Worker, slots: Any, index: int, capacity: int) -> None:
-    """Publish this worker's load for the autoscaler; exit if the supervisor is gone."""
+    """Publish this worker's load for the autoscaler and its metrics for scrapes; exit if the supervisor
+    is gone."""
     parent = os.getppid()
+    folder = metrics_dir()
     service.metrics.workers.set(1)
+    service.metrics.fanout = ScrapeFanout(slots, capacity + 2)
+    if folder is not None:  # so a scrape knows this worker is there before it ever answered one
+        _write_snapshot(service, folder)
+    frozen = False
     while True:
+        if not frozen and worker.started.is_set():
+            # Everything imported and built at startup lives as long as the worker: keep it out of the
+            # cyclic collector's full passes, which would otherwise scan it all (tens of ms on the loop).
+            gc.freeze()
+            frozen = True
         slots[index] = service.inflight
         service.metrics.scale_events.labels("up").set(slots[capacity])
         service.metrics.scale_events.labels("down").set(slots[capacity + 1])
+        if folder is not None:
+            _write_snapshot(service, folder)
         if os.getppid() != parent:
             log.error("supervisor is gone; worker %d stopping", index)
             worker.stop()
             return
         await asyncio.sleep(0.1)
+
+
+def _write_snapshot(service: InferenceService, folder: Path, *, final: bool = False) -> None:
+    try:
+        if final or not folder.joinpath(f"w-{os.getpid()}.json").exists():
+            service.metrics.write_snapshot(folder)
+        else:
+            service.metrics.answer_scrape(folder)
+    except FileNotFoundError:
+        pass  # the supervisor removed the folder: the server is stopping
+    except OSError as exc:  # a full disk must not stop the worker; scrapes just see older numbers
+        log.warning("cannot write the metrics snapshot: %s", exc)
 
 
 def worker_main(spec: Any, index: int, slots: Any, capacity: int) -> None:
@@ -64,6 +91,10 @@ def worker_main(spec: Any, index: int, slots: Any, capacity: int) -> None:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
+            folder = metrics_dir()
+            if folder is not None:  # the last counts of a worker scaled down or stopping
+                service.metrics.workers.set(0)
+                _write_snapshot(service, folder, final=True)
 
     loop_factory = None
     try:

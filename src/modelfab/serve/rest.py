@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -139,7 +138,7 @@ def create_app(service: InferenceService) -> Starlette:
         return Response(b"", status_code=200)
 
     async def metrics(request: Request) -> Response:
-        return Response(await asyncio.to_thread(service.metrics.render), media_type=CONTENT_TYPE)
+        return Response(await service.metrics.collect(), media_type=CONTENT_TYPE)
 
     g = _guard
     routes = [

@@ -12,6 +12,7 @@ from typing import Any
 from modelfab.errors import ConfigError
 from modelfab.serve.autoscale import ScalePolicy
 from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
+from modelfab.serve.metrics import METRICS_DIR_ENV
 from modelfab.serve.options import ServeOptions, parse_bytes
 from modelfab.serve.supervisor import Supervisor, WorkerSpec
 
@@ -79,10 +80,12 @@ def run_server(
     home = Path(settings.home)
     run_dir = home / "run"
     metrics_dir = run_dir / f"metrics-{os.getpid()}"
+    for stale in run_dir.glob("prepared-*"):  # left by workers that were killed
+        shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
-    # Must be set before the forkserver starts so every worker's prometheus_client sees it.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # Set before the forkserver starts, so every worker inherits it.
+    os.environ[METRICS_DIR_ENV] = str(metrics_dir)
     logging.basicConfig(level=log_level, format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
     spec = WorkerSpec(settings, host, port, grpc_port, options, source_factory, log_level)
     log.info(
@@ -97,4 +100,4 @@ def run_server(
         Supervisor(spec, count, policy=policy, status_file=run_dir / "serve.json").run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        os.environ.pop(METRICS_DIR_ENV, None)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +16,12 @@ from typing import Any
 
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
 from modelfab.serve.batching import Batcher, Item
-from modelfab.serve.cache import ModelCache
+from modelfab.serve.cache import CacheEvents, ModelCache
 from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER, Router, load_hook
 from modelfab.serve.metrics import ServeMetrics
 from modelfab.serve.options import ServeOptions
 from modelfab.serve.predlog import PredictionLog, new_prediction_id
+from modelfab.serve.prepared import PreparedGraphs
 from modelfab.serve.runtime import OnnxModel
 from modelfab.serve.source import CachedSource, ModelSource, VersionInfo, check_model_name
 from modelfab.serve.types import Array, InferRequest, InferResponse
@@ -52,11 +54,16 @@ class InferenceService:
         self._request_metrics: dict[tuple[tuple[str, str], str], tuple[Any, Any]] = {}
         self.source = CachedSource(source, ttl=self.options.resolve_ttl_s)
         self.metrics = metrics or ServeMetrics()
+        self.prepared: PreparedGraphs | None = None
+        if home is not None and self.options.prepared_graph_bytes > 0:
+            folder = Path(tempfile.mkdtemp(prefix=f"prepared-w{worker}-", dir=_run_dir(home)))
+            self.prepared = PreparedGraphs(folder, self.options.prepared_graph_bytes)
         self.cache = ModelCache(
             self.source.fetch,
             self.options.max_memory_bytes,
             threads_per_model=self.options.ort_threads,
-            events=self.metrics,
+            events=_CacheEvents(self),
+            prepared=self.prepared,
         )
         self._executor = ThreadPoolExecutor(self.options.run_threads, thread_name_prefix="modelfab-run")
         self._batchers: dict[tuple[str, int], Batcher] = {}
@@ -99,6 +106,14 @@ class InferenceService:
         self._executor.shutdown(wait=True)
         if self.predlog is not None:
             self.predlog.close()
+        if self.prepared is not None:
+            self.prepared.close()
+
+    async def _prewarm_lookups(self) -> None:
+        try:
+            await asyncio.to_thread(self.source.prewarm)
+        except Exception as exc:  # lookups then happen one by one, as without it
+            log.warning("cannot read the model index to prewarm lookups: %s", exc)
 
     async def _housekeeping(self) -> None:
         ticks = 0
@@ -106,7 +121,9 @@ class InferenceService:
             await asyncio.sleep(self.options.resolve_ttl_s)
             if self.source.watches_changes:
                 try:
-                    await asyncio.to_thread(self.source.check_changes)
+                    # The first check always reports a change: that is when lookups are first prewarmed.
+                    if await asyncio.to_thread(self.source.check_changes):
+                        await self._prewarm_lookups()
                 except Exception as exc:  # a database blip must not stop housekeeping
                     log.warning("cannot check the registry for alias changes: %s", exc)
             ticks += 1
@@ -170,7 +187,7 @@ class InferenceService:
     def _batcher(self, info: VersionInfo, model: OnnxModel) -> Batcher:
         key = (info.name, info.version)
         b = self._batchers.get(key)
-        if b is None or b.model is not model:
+        if b is None or b.model is not model:  # a replaced batcher's task ends once its queue drains
             serving = info.serving or {}
             o = self.options
             children = self._batch_metrics.get(key)
@@ -336,6 +353,27 @@ class InferenceService:
         counters[1].observe(time.perf_counter() - started)
         resp = InferResponse(info.name, str(info.version), outputs, pid, id=req.id)
         return resp, req
+
+
+def _run_dir(home: Path) -> Path:
+    folder = Path(home) / "run"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class _CacheEvents(CacheEvents):
+    """Counts loads and evictions, and drops an evicted model's batcher with it."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    def loaded(self, name: str, version: int, size: int, seconds: float) -> None:
+        self._service.metrics.loaded(name, version, size, seconds)
+
+    def evicted(self, name: str, version: int, size: int, reason: str) -> None:
+        self._service.metrics.evicted(name, version, size, reason)
+        # Idle (the cache never evicts a model with requests in flight), so its loop task has ended too.
+        self._service._batchers.pop((name, version), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,18 @@ class CachedSource:
             raise NotFoundError(hit[1].message)
         return hit[1]
 
+    def prewarm(self) -> int:
+        """Resolve every model's champion with one index read (blocking I/O), so that with thousands of
+        models a first request does not wait for a lookup of its own. Returns how many were cached."""
+        versions = self.inner.index()
+        expires = self._clock() + self._found_ttl
+        with self._lock:
+            for v in versions:
+                if "champion" in v.aliases:
+                    for ref in (None, "champion", v.version):
+                        self._cache.setdefault((v.name, ref), (expires, v))
+        return sum(1 for v in versions if "champion" in v.aliases)
+
     def is_fresh(self, name: str, ref: str | int | None) -> bool:
         """Whether ``resolve`` would answer from the cache, without I/O."""
         hit = self._cache.get((name, ref))

@@ -57,7 +57,8 @@ class Supervisor:
         self.interval = interval
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)
-        self._slots: Any = self._ctx.Array("i", self.capacity + 2, lock=False)  # load per worker + events
+        # load per worker, scale events up and down, scrape generation (see metrics.ScrapeFanout)
+        self._slots: Any = self._ctx.Array("i", self.capacity + 3, lock=False)
         self._procs: dict[int, Any] = {}
         self._started: dict[int, float] = {}
         self._fast_failures: dict[int, int] = {}
@@ -186,8 +187,8 @@ class Supervisor:
 
 
 def _mark_dead(pid: int | None) -> None:
-    if pid is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return
-    from prometheus_client import multiprocess
+    from modelfab.serve.metrics import mark_dead, metrics_dir
 
-    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    folder = metrics_dir()
+    if pid is not None and folder is not None:
+        mark_dead(folder, pid)
