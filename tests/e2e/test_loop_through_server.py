@@ -3,10 +3,13 @@ are left alone, and no request fails on the way."""
 
 from __future__ import annotations
 
+import httpx
+
 from modelfab.cli.demo_server import ServerProcess
 from modelfab.iterate.demo import format_decision, loop_demo
 from modelfab.store import Workspace
 from tests.e2e.conftest import ROWS, SEED, SITES, recipe
+from tests.serve.serve_helpers import wait_for
 
 SHIFTED = "churn.site-001"
 STABLE = ["churn.site-000", "churn.site-002"]
@@ -47,3 +50,10 @@ def test_a_shifted_site_is_retrained_and_promoted_through_the_server(
     lines = report.lines()
     assert "0 failed requests during the rollout" in lines
     assert any(line.startswith("stable sites left alone (2)") for line in lines)
+
+    # The loop's watch is in the server's /metrics (read from the registry; refreshed every few seconds).
+    def watched() -> bool:
+        text = httpx.get(f"http://{server.url}/metrics", timeout=10).text
+        return f'modelfab_online_metric{{model="{STABLE[0]}",version="1",metric="roc_auc"}}' in text
+
+    wait_for(watched, 15, "the loop's online metric in /metrics")

@@ -54,3 +54,16 @@ def routes(settings: Any) -> list[Route]:
         return Response(b'{"accepted": 1}', media_type="application/json")
 
     return [Route("/v2/feedback", feedback, methods=["POST"])]
+
+
+def metrics(settings: Any) -> Any:
+    return lambda: (
+        '# TYPE modelfab_online_metric gauge\nmodelfab_online_metric{model="digits",version="1"} 0.5\n'
+    )
+
+
+def broken_metrics(settings: Any) -> Any:
+    def fail() -> str:
+        raise RuntimeError("database away")
+
+    return fail

@@ -168,3 +168,16 @@ def test_prewarm_resolves_every_champion_from_one_index_read(source: FakeSource)
     assert not cached.is_fresh("digits", None)
     assert cached.resolve("digits", None).version == 1
     assert watched.resolves == 1
+
+
+def test_extra_metrics_join_the_servers_own_and_a_failure_does_not_break_them(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(ServeOptions(extra_metrics="hook_fakes:metrics"), grpc=False)
+    _infer(server.url)
+    text = httpx.get(f"http://{server.url}/metrics").text
+    assert 'modelfab_online_metric{model="digits",version="1"} 0.5' in text
+    assert "modelfab_requests_total" in text
+    broken = make_server(ServeOptions(extra_metrics="hook_fakes:broken_metrics"), grpc=False)
+    reply = httpx.get(f"http://{broken.url}/metrics")
+    assert reply.status_code == 200 and "modelfab_online_metric" not in reply.text

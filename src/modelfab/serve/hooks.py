@@ -1,6 +1,8 @@
-"""Extension points the iteration loop plugs into: a deployment router and extra HTTP routes.
+"""Extension points the iteration loop plugs into: a deployment router, extra HTTP routes and extra
+``/metrics`` text.
 
-Both are ``module:function`` strings (``ServeOptions.router_factory`` and ``extra_routes``) called with the
+Each is a ``module:function`` string (``ServeOptions.router_factory``, ``extra_routes``, ``extra_metrics``)
+called with the
 server's settings. A module that does not exist means "no hook", so the server runs without the iteration
 loop installed.
 """
@@ -11,11 +13,19 @@ import importlib
 import logging
 from typing import Any, Protocol
 
-__all__ = ["DEFAULT_EXTRA_ROUTES", "DEFAULT_ROUTER", "Decision", "Router", "load_hook"]
+__all__ = [
+    "DEFAULT_EXTRA_METRICS",
+    "DEFAULT_EXTRA_ROUTES",
+    "DEFAULT_ROUTER",
+    "Decision",
+    "Router",
+    "load_hook",
+]
 
 log = logging.getLogger("modelfab.serve")
 DEFAULT_ROUTER = "modelfab.iterate.routing:make_router"
 DEFAULT_EXTRA_ROUTES = "modelfab.iterate.http:routes"
+DEFAULT_EXTRA_METRICS = "modelfab.iterate.http:metrics"  # returns a function giving Prometheus text
 
 
 class Decision(Protocol):

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from modelfab.errors import ConfigError
-from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
+from modelfab.serve.hooks import DEFAULT_EXTRA_METRICS, DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
 
 __all__ = ["ServeOptions", "parse_bytes"]
 
@@ -66,3 +66,4 @@ class ServeOptions:
     # ``module:function`` hooks called with the server settings; a missing module means no hook.
     router_factory: str | None = DEFAULT_ROUTER
     extra_routes: str | None = DEFAULT_EXTRA_ROUTES
+    extra_metrics: str | None = DEFAULT_EXTRA_METRICS

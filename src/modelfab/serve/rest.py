@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -138,7 +139,13 @@ def create_app(service: InferenceService) -> Starlette:
         return Response(b"", status_code=200)
 
     async def metrics(request: Request) -> Response:
-        return Response(await service.metrics.collect(), media_type=CONTENT_TYPE)
+        body = await service.metrics.collect()
+        if service.extra_metrics is not None:
+            try:  # the loop's watch (online metric, drift): a database read, so off the event loop
+                body += (await asyncio.to_thread(service.extra_metrics)).encode()
+            except Exception:
+                log.warning("extra /metrics text failed; serving the server's own metrics", exc_info=True)
+        return Response(body, media_type=CONTENT_TYPE)
 
     g = _guard
     routes = [

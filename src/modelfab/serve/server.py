@@ -11,7 +11,7 @@ from typing import Any
 
 from modelfab.errors import ConfigError
 from modelfab.serve.autoscale import ScalePolicy
-from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
+from modelfab.serve.hooks import DEFAULT_EXTRA_METRICS, DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
 from modelfab.serve.metrics import METRICS_DIR_ENV
 from modelfab.serve.options import ServeOptions, parse_bytes
 from modelfab.serve.supervisor import Supervisor, WorkerSpec
@@ -43,6 +43,7 @@ def run_server(
     log_level: str = "INFO",
     router_factory: str | None = DEFAULT_ROUTER,
     extra_routes: str | None = DEFAULT_EXTRA_ROUTES,
+    extra_metrics: str | None = DEFAULT_EXTRA_METRICS,
 ) -> None:
     """Serve every registered model over OIP v2 REST (``port``) and gRPC (``grpc_port``; None: off).
 
@@ -76,6 +77,7 @@ def run_server(
         pinned=tuple(pinned),
         router_factory=router_factory,
         extra_routes=extra_routes,
+        extra_metrics=extra_metrics,
     )
     home = Path(settings.home)
     run_dir = home / "run"

@@ -17,7 +17,13 @@ from typing import Any
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
 from modelfab.serve.batching import Batcher, Item
 from modelfab.serve.cache import CacheEvents, ModelCache
-from modelfab.serve.hooks import DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER, Router, load_hook
+from modelfab.serve.hooks import (
+    DEFAULT_EXTRA_METRICS,
+    DEFAULT_EXTRA_ROUTES,
+    DEFAULT_ROUTER,
+    Router,
+    load_hook,
+)
 from modelfab.serve.metrics import ServeMetrics
 from modelfab.serve.options import ServeOptions
 from modelfab.serve.predlog import PredictionLog, new_prediction_id
@@ -49,6 +55,9 @@ class InferenceService:
         self.settings = settings
         self.router: Router | None = self._hook(self.options.router_factory, DEFAULT_ROUTER)
         self.extra_routes: list[Any] = list(self._hook(self.options.extra_routes, DEFAULT_EXTRA_ROUTES) or [])
+        self.extra_metrics: Callable[[], str] | None = self._hook(
+            self.options.extra_metrics, DEFAULT_EXTRA_METRICS
+        )
         self._shadows: set[asyncio.Task[None]] = set()
         self._batch_metrics: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
         self._request_metrics: dict[tuple[tuple[str, str], str], tuple[Any, Any]] = {}
