@@ -69,6 +69,8 @@ def _patch_skl2onnx() -> None:
 
 def feeds_for(frame: Any, numeric: list[str], categorical: list[str]) -> dict[str, np.ndarray]:
     """ONNX Runtime inputs for a DataFrame: float32 [n,1] numeric, string [n,1] categorical."""
+    if isinstance(frame, np.ndarray):  # an all-numeric float matrix, columns in ``numeric`` order
+        return {c: frame[:, i : i + 1].astype(np.float32) for i, c in enumerate(numeric)}
     feeds = {c: frame[c].to_numpy(dtype=np.float32, na_value=np.nan).reshape(-1, 1) for c in numeric}
     for c in categorical:
         feeds[c] = frame[c].fillna("").astype(str).to_numpy(dtype=object).reshape(-1, 1)

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from modelfab.errors import ModelfabError, TrainingError
 from modelfab.factory.evaluate import score_all
 from modelfab.factory.export import onnx_signature, to_onnx_bytes, verify_parity
 from modelfab.factory.plan import JobSpec, Plan
 from modelfab.factory.profile import reference_profile
-from modelfab.factory.search import predict, search, split_indices
+from modelfab.factory.search import predict, search, split_indices, take
 from modelfab.factory.trainers.sklearn import build_pipeline
 from modelfab.store import ArtifactStore, JobOutcome
 
@@ -63,18 +64,13 @@ def failed_outcome(recipe: str, job: JobSpec, reason: str) -> JobOutcome:
 
 def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
     plan, recipe = ctx.plan, ctx.plan.recipe
-    features = plan.numeric + plan.categorical
-    part = plan.frame.iloc[plan.rows[job.key]]
-    part = part[part[recipe.target].notna()]
-    if len(part) == 0:
+    x, y = _partition(plan, job)
+    if len(y) == 0:
         raise TrainingError(f"target {recipe.target!r} is missing in every row of this partition")
-    if len(part) < recipe.min_rows:
+    if len(y) < recipe.min_rows:
         raise TrainingError(
-            f"too few rows: {len(part)} labelled rows, the recipe needs min_rows {recipe.min_rows}"
+            f"too few rows: {len(y)} labelled rows, the recipe needs min_rows {recipe.min_rows}"
         )
-    x, y = part[features], part[recipe.target].to_numpy()
-    for c in plan.categorical:
-        x[c] = x[c].fillna("").astype(str)
     classes = None
     if recipe.task == "classification":
         classes = np.unique(y)
@@ -86,7 +82,7 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
         y = y.astype(float)
     seed = recipe.split.seed
     train_idx, hold_idx = split_indices(y, recipe.split.holdout, seed, stratify=classes is not None)
-    train_x, hold_x, train_y, hold_y = x.iloc[train_idx], x.iloc[hold_idx], y[train_idx], y[hold_idx]
+    train_x, hold_x, train_y, hold_y = take(x, train_idx), take(x, hold_idx), y[train_idx], y[hold_idx]
     choice = search(recipe, train_x, train_y, plan.numeric, plan.categorical, seed)
     model = build_pipeline(choice.family, recipe.task, choice.params, plan.numeric, plan.categorical, seed)
     model.fit(train_x, train_y)
@@ -136,6 +132,20 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
         artifact_size=artifact.size,
         profile_digest=profile_art.digest,
     )
+
+
+def _partition(plan: Plan, job: JobSpec) -> tuple[Any, np.ndarray]:
+    """The labelled rows of a partition: a float matrix when every feature is numeric (the plan holds
+    it once for all jobs), else a DataFrame with missing categories as the empty string."""
+    rows = plan.rows[job.key]
+    target = plan.target_values[rows]
+    labelled = ~pd.isna(target)
+    if plan.matrix is not None:
+        return plan.matrix[rows[labelled]], target[labelled]
+    x = plan.frame.iloc[rows[labelled]][plan.numeric + plan.categorical]
+    for c in plan.categorical:
+        x[c] = x[c].fillna("").astype(str)
+    return x, target[labelled]
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

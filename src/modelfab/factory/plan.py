@@ -38,9 +38,16 @@ class Plan:
     dropped_rows: int = 0
     alias: str = "champion"
     recipe_digest: str = ""
+    target_values: Any = field(default=None, repr=False)  # the target column as an array
+    matrix: Any = field(default=None, repr=False)  # all-numeric features as one float matrix, else None
 
     def __post_init__(self) -> None:
         self.recipe_digest = self.recipe_digest or self.recipe.digest()
+        if self.target_values is None:
+            self.target_values = self.frame[self.recipe.target].to_numpy()
+        if self.matrix is None and not self.categorical:
+            # Built once in the driver; jobs slice it by row positions (workers inherit or receive it once).
+            self.matrix = self.frame[self.numeric].to_numpy(dtype=float, na_value=float("nan"))
 
 
 def safe_name(value: str) -> str:

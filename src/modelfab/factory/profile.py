@@ -23,7 +23,10 @@ def reference_profile(
     n = len(frame)
     features: dict[str, Any] = {}
     for c in numeric:
-        col = frame[c].to_numpy(dtype=float, na_value=np.nan)
+        if isinstance(frame, np.ndarray):
+            col = frame[:, numeric.index(c)].astype(float)
+        else:
+            col = frame[c].to_numpy(dtype=float, na_value=np.nan)
         ok = col[~np.isnan(col)]
         features[c] = _numeric(ok, n)
     for c in categorical:

@@ -12,7 +12,7 @@ from modelfab.factory.evaluate import score_all
 from modelfab.factory.trainers.sklearn import build_pipeline
 from modelfab.recipe import LOWER_IS_BETTER, Candidate, Recipe, SearchRange
 
-__all__ = ["Choice", "default_choice", "predict", "search", "split_indices"]
+__all__ = ["Choice", "default_choice", "predict", "search", "split_indices", "take"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     fit_idx, val_idx = split_indices(y, 0.25, seed, stratify=recipe.task == "classification")
-    fit_x, val_x, fit_y, val_y = train.iloc[fit_idx], train.iloc[val_idx], y[fit_idx], y[val_idx]
+    fit_x, val_x, fit_y, val_y = take(train, fit_idx), take(train, val_idx), y[fit_idx], y[val_idx]
     classes = np.unique(fit_y) if recipe.task == "classification" else None
 
     def objective(trial: Any) -> float:
@@ -95,6 +95,11 @@ def _suggest(trial: Any, name: str, r: SearchRange) -> Any:
     if r.is_int:
         return trial.suggest_int(name, int(r.low), int(r.high), log=r.log)
     return trial.suggest_float(name, float(r.low), float(r.high), log=r.log)
+
+
+def take(rows: Any, index: np.ndarray) -> Any:
+    """Rows of a float matrix or a DataFrame by position."""
+    return rows[index] if isinstance(rows, np.ndarray) else rows.iloc[index]
 
 
 def split_indices(y: Any, share: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,7 @@
 """scikit-learn trainers: a preprocessing + estimator pipeline that exports to one ONNX graph.
 
+Inputs are a DataFrame when there are categorical features, else a float matrix in ``numeric`` order.
+
 Numeric columns are imputed (median) and, for linear and neural families, scaled inside the pipeline;
 categorical columns are one-hot encoded with unknown values ignored. Missing categorical values arrive
 as the empty string, which is just another category.
@@ -25,6 +27,10 @@ def build_pipeline(
     steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median", keep_empty_features=True))]
     if family in SCALED:
         steps.append(("scale", StandardScaler()))
+    if not categorical:
+        # All-numeric partitions train on a plain float matrix: no per-column dispatch, and the ONNX
+        # graph still takes one input per feature (the converter concatenates them).
+        return Pipeline([*steps, ("model", _estimator(family, task, params, seed))])
     parts: list[tuple[str, Any, list[str]]] = []
     if numeric:
         parts.append(("num", Pipeline(steps), numeric))
