@@ -8,7 +8,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from modelfab.errors import RecipeError
 from modelfab.families import FAMILIES, FAMILY_ALIASES
@@ -122,17 +130,26 @@ class IterateSpec(_Strict):
     triggers: Triggers = Field(default_factory=Triggers)
     min_samples: int = Field(default=200, ge=1)
     window: int = Field(default=2000, ge=1)
+    window_time: str | None = None  # also only rows predicted within this long, e.g. 7d
     beat_champion_by: float = Field(default=0.01, ge=0.0)
     canary: Canary = Field(default_factory=Canary)
     cooldown: str = "0s"
     shadow: bool = False
 
-    @field_validator("cooldown")
+    @field_validator("cooldown", "window_time")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        if not re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h|d)", str(v)):
-            raise ValueError("cooldown must be a duration such as 0s, 90s, 15m, 2h or 1d")
-        return str(v)
+    def _duration(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h|d)", str(v)):
+            raise ValueError(f"{info.field_name} must be a duration such as 0s, 90s, 15m, 2h or 1d")
+        return None if v is None else str(v)
+
+    def since(self, now: float) -> float | None:
+        """The oldest prediction time the windows may use (``window_time``), or None for no limit."""
+        if self.window_time is None:
+            return None
+        from modelfab.iterate.policy import parse_duration
+
+        return now - parse_duration(self.window_time)
 
 
 class Resources(_Strict):

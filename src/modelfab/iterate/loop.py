@@ -135,7 +135,7 @@ class IterationLoop:
                 watching.append(models.champion[name])
         if not watching:
             return
-        reports = watch_versions(self.ws, watching, spec.window, self.profiles)
+        reports = watch_versions(self.ws, watching, spec.window, self.profiles, spec.since(self.clock()))
         save_snapshots(self.ws.engine, self.ws.registry.tenant, reports.values())
         report.watched += len(watching)
         cooldown = parse_duration(spec.cooldown)
@@ -229,6 +229,9 @@ class IterationLoop:
         for mv, verdict, _ in todo:
             prev = last_retrain.get(mv.name)
             after = None if prev is None else prev.evidence.get("traffic_until")
+            since = spec.since(self.clock())
+            if since is not None:
+                after = since if after is None else max(after, since)
             rows = labelled_rows(self.ws.engine, self.ws.registry.tenant, mv.name, spec.window, after)
             train = rows.take(~judge_mask(rows))
             frames.append(traffic_frame(recipe, columns, mv.partition, train))
@@ -289,7 +292,9 @@ class IterationLoop:
         self, spec: IterateSpec, models: _Models, name: str, trigger: str | None, report: PassReport
     ) -> None:
         champion, challenger = models.champion[name], models.challenger[name]
-        rows = labelled_rows(self.ws.engine, self.ws.registry.tenant, name, spec.window)
+        rows = labelled_rows(
+            self.ws.engine, self.ws.registry.tenant, name, spec.window, spec.since(self.clock())
+        )
         judge = rows.take(judge_mask(rows))
         metric = champion.metric or ""
         verdict = gate_verdict(

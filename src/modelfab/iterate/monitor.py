@@ -204,10 +204,13 @@ def watch_versions(
     versions: Sequence[ModelVersion],
     window: int,
     profiles: ProfileCache | None = None,
+    since: float | None = None,
 ) -> dict[tuple[str, int], VersionReport]:
-    """Online metric and drift of each version over its recent window (one query for all)."""
+    """Online metric and drift of each version over its recent window (one query for all); ``since``
+    limits the window by time as well as by count."""
     profiles = profiles or ProfileCache(ws)
-    rows = recent_rows(ws.engine, ws.registry.tenant, [(v.name, v.version) for v in versions], window)
+    pairs = [(v.name, v.version) for v in versions]
+    rows = recent_rows(ws.engine, ws.registry.tenant, pairs, window, since)
     out: dict[tuple[str, int], VersionReport] = {}
     for mv in versions:
         key = (mv.name, mv.version)

@@ -96,10 +96,11 @@ def _cols(p: sa.Table) -> list[Any]:
 
 
 def recent_rows(
-    engine: Engine, tenant: str, pairs: Sequence[tuple[str, int]], window: int
+    engine: Engine, tenant: str, pairs: Sequence[tuple[str, int]], window: int, since: float | None = None
 ) -> dict[tuple[str, int], Rows]:
     """For each (model, version): its newest ``window`` served rows (the drift window) together with its
-    newest ``window`` labelled rows (the metric window); shadow rows are not served rows."""
+    newest ``window`` labelled rows (the metric window); shadow rows are not served rows. ``since``
+    (epoch seconds) also drops rows predicted earlier: windows by count and by time."""
     p = t.prediction_rows
     out: dict[tuple[str, int], Rows] = {}
     pairs = sorted(set(pairs))
@@ -116,6 +117,7 @@ def recent_rows(
             inner = (
                 sa.select(p.c.model, *_cols(p), newest.label("rn"), newest_labelled.label("rl"))
                 .where(p.c.tenant == tenant, p.c.shadow.is_(False), part.in_(chunk))
+                .where(p.c.predicted_at >= since if since is not None else sa.true())
                 .subquery()
             )
             q = (
