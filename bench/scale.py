@@ -2,6 +2,7 @@
 Tune running the same trials (one fit + ONNX export per partition). Same cores, one run.
 
     python bench/scale.py [--partitions 1000] [--tune-partitions 200]
+    python bench/scale.py --alias [--moves 100]   # alias change seen by a second server (PostgreSQL)
 """
 
 from __future__ import annotations
@@ -58,11 +59,85 @@ def run_tune(tmp: Path, groups: list[tuple[Any, Any]]) -> float:
     return time.perf_counter() - t0
 
 
+def bench_alias(moves: int, server_url: str) -> None:
+    """Two servers on one PostgreSQL registry; move the champion through the registry and time until the
+    other server answers with it."""
+    import uuid
+
+    import httpx
+    import sqlalchemy as sa
+
+    from modelfab import Settings, Workspace, import_dataset, parse_recipe, produce
+    from modelfab.cli.demo_server import ServerProcess, free_port, serve_args
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(server_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{server_url}?options=-csearch_path%3D{schema}"
+    servers: list[ServerProcess] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            os.environ["MODELFAB_DATABASE_URL"] = url
+            os.environ["MODELFAB_ARTIFACT_URL"] = str(tmp / "artifacts")
+            produce_bench.PARTITIONS = 2
+            make_data(tmp / "d.csv")
+            ws = Workspace.open(Settings(home=tmp / "producer"))
+            import_dataset(ws, "d", tmp / "d.csv")
+            produce(ws, parse_recipe(RECIPE), workers=1)
+            produce(ws, parse_recipe(RECIPE.replace("trials: 1", "trials: 2")), workers=1)
+            model = "b.p0000"
+            for name in ("a", "b"):
+                port = free_port()
+                server = ServerProcess(tmp / name, serve_args(port, workers="1", grpc=False), port)
+                server.start()
+                servers.append(server)
+            row = {
+                "inputs": [{"name": f, "datatype": "FP32", "shape": [1, 1], "data": [0.1]} for f in FEATURES]
+            }
+            client = httpx.Client(timeout=10)
+
+            def version() -> str:
+                return str(
+                    client.post(f"http://{servers[1].url}/v2/models/{model}/infer", json=row).json()[
+                        "model_version"
+                    ]
+                )
+
+            seen = []
+            for i in range(moves):
+                target = 1 + i % 2
+                t0 = time.perf_counter()
+                ws.registry.set_alias(model, "champion", target, reason="bench")
+                while version() != str(target):
+                    pass
+                seen.append(time.perf_counter() - t0)
+            seen.sort()
+            p50, p99 = seen[len(seen) // 2], seen[min(len(seen) - 1, int(len(seen) * 0.99))]
+            print(
+                f"alias change seen by a second server over {moves} moves: p50 {p50 * 1e3:.0f} ms, "
+                f"p99 {p99 * 1e3:.0f} ms, max {seen[-1] * 1e3:.0f} ms (target p99 <= 1 s)"
+            )
+            ws.close()
+    finally:
+        for server in servers:
+            server.stop()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--partitions", type=int, default=1000)
     parser.add_argument("--tune-partitions", type=int, default=200)
+    parser.add_argument("--alias", action="store_true", help="time alias propagation between two servers")
+    parser.add_argument("--moves", type=int, default=100)
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
+    if args.alias:
+        bench_alias(args.moves, args.postgres)
+        return
     produce_bench.PARTITIONS = args.partitions
     import ray
 
