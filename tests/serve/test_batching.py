@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -125,3 +127,44 @@ def test_overload_answers_429_without_crashing(make_server: MakeServer) -> None:
     assert refused.headers["retry-after"] == "1"
     assert "queued" in refused.json()["error"]
     assert httpx.get(f"http://{server.url}/v2/health/ready").status_code == 200
+
+
+def test_models_run_in_the_executor_still_batch(source: FakeSource) -> None:
+    model = _model(source, "double")
+    batches: list[tuple[int, int]] = []
+
+    async def scenario() -> list[dict[str, np.ndarray]]:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(model, pool, on_batch=lambda rows, reqs, cpu: batches.append((rows, reqs)))
+            b.run_seconds = 1.0  # as if measured slow: runs go to the thread pool from a task
+            xs = [np.full((1, 4), i, dtype=np.float32) for i in range(6)]
+            out = await asyncio.gather(*(b.submit({"x": x}, 1, None) for x in xs))
+            b.close()
+            return out
+
+    results = asyncio.run(scenario())
+    assert batches == [(6, 6)]
+    assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(6)]
+
+
+def test_expire_fails_requests_waiting_too_long(source: FakeSource) -> None:
+    model = _model(source, "double")
+    release = threading.Event()
+
+    async def scenario() -> tuple[object, int, int]:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(release.wait)  # the only run thread is busy: requests wait
+            b = Batcher(model, pool)
+            b.run_seconds = 1.0
+            pending = asyncio.ensure_future(b.submit({"x": np.ones((1, 4), dtype=np.float32)}, 1, None))
+            await asyncio.sleep(0.01)
+            early = b.expire(30.0)  # not late yet
+            late = b.expire(30.0, now=time.monotonic() + 31.0)
+            release.set()
+            result = await asyncio.gather(pending, return_exceptions=True)
+            b.close()
+            return result[0], early, late
+
+    result, early, late = asyncio.run(scenario())
+    assert (early, late) == (0, 1)
+    assert isinstance(result, TimeoutError)

@@ -12,6 +12,7 @@ import pytest
 from hook_fakes import ROUTERS, FakeRouter
 from serve_helpers import FakeSource, MakeServer, wait_for
 
+from modelfab.errors import NotFoundError
 from modelfab.serve.hooks import load_hook
 from modelfab.serve.options import ServeOptions
 from modelfab.serve.predlog import read_predictions
@@ -181,3 +182,16 @@ def test_extra_metrics_join_the_servers_own_and_a_failure_does_not_break_them(
     broken = make_server(ServeOptions(extra_metrics="hook_fakes:broken_metrics"), grpc=False)
     reply = httpx.get(f"http://{broken.url}/metrics")
     assert reply.status_code == 200 and "modelfab_online_metric" not in reply.text
+
+
+def test_cached_answers_only_fresh_found_lookups(source: FakeSource) -> None:
+    now = [0.0]
+    cached = CachedSource(source, ttl=0.5, clock=lambda: now[0])
+    assert cached.cached("digits", None) is None  # never looked up
+    found = cached.resolve("digits", 1)
+    assert cached.cached("digits", 1) == found
+    with pytest.raises(NotFoundError):
+        cached.resolve("nope", None)
+    assert cached.cached("nope", None) is None  # a cached 'not found' still goes through resolve
+    now[0] = 1.0
+    assert cached.cached("digits", 1) is None  # expired

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -69,3 +70,39 @@ def test_reader_skips_a_torn_last_line(tmp_path: Path) -> None:
         fh.write(b'{"id": "b", "mod')
     assert [r["id"] for r in read_predictions(tmp_path)] == ["a"]
     assert next(iter(read_predictions(tmp_path)))["outputs"]["y"] == ["s"]
+
+
+def test_ids_from_a_forked_worker_use_another_prefix() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send one id and leave without running the parent's cleanup
+        os.write(write, new_prediction_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    mine = new_prediction_id()
+    assert len(child) == 32 and child[12:20] != mine[12:20]
+
+
+def test_log_syncs_in_the_background_and_close_stops_it(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, worker="s", fsync_interval=0.01)
+    record = {"id": "a", "model": "m", "version": 1, "time": 1.0, "inputs": {}, "outputs": {}}
+    log.write([record])
+    syncer = log._syncer
+    assert syncer is not None and syncer.is_alive()
+    log.close()
+    assert not syncer.is_alive()
+    assert [r["id"] for r in read_predictions(tmp_path)] == ["a"]
+
+
+def test_records_keep_strided_and_text_arrays(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, worker="t")
+    strided = np.arange(6, dtype=np.float32).reshape(2, 3)[:, 1]  # not C-contiguous: orjson's fallback
+    texts = np.array([b"\xff", "x"], dtype=object)
+    record = {"id": "a", "model": "m", "version": 1, "time": 1.0, "inputs": {"s": strided, "t": texts}}
+    log.write([{**record, "outputs": {}}])
+    log.close()
+    (row,) = list(read_predictions(tmp_path))
+    assert row["inputs"] == {"s": [1.0, 4.0], "t": ["\ufffd", "x"]}

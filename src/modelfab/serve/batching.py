@@ -4,6 +4,12 @@ A batch closes when it holds ``max_batch_size`` rows, or at ``max_wait`` after i
 as no further request for the model is on its way (``incoming`` counts requests whose bodies are still being
 read and decoded). So a lone request never waits, and under load batches form both from requests that queued
 while the previous batch ran and from requests about to arrive.
+
+Small models run inline on the event loop, from one callback scheduled when the first request of a batch is
+queued: it runs after the other requests that became ready in the same loop iteration have queued theirs, so
+they share the ONNX Runtime call, with no task, no thread hop and no timer per batch. Models that run longer
+go to the executor from a task. Request timeouts are checked by :meth:`Batcher.expire`, called periodically,
+rather than by a timer per request.
 """
 
 from __future__ import annotations
@@ -41,14 +47,40 @@ class Item:
 def split_rows(outputs: dict[str, Array], counts: Sequence[int]) -> list[dict[str, Array]] | None:
     """Split batched outputs back per request; None when an output is not batched along dimension 0."""
     total = sum(counts)
-    bounds = np.cumsum([0, *counts])
     parts: list[dict[str, Array]] = [{} for _ in counts]
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != total:
             return None
-        for i in range(len(counts)):
-            parts[i][name] = array[bounds[i] : bounds[i + 1]]
+        start = 0
+        for part, n in zip(parts, counts, strict=True):
+            part[name] = array[start : start + n]
+            start += n
     return parts
+
+
+def _groups(batch: list[Item]) -> list[list[Item]]:
+    """Items that can share one run: same requested outputs, input dtypes and row shapes."""
+    if len(batch) == 1:
+        return [batch]
+    groups: dict[tuple[Any, ...], list[Item]] = {}
+    for item in batch:
+        groups.setdefault(item.signature(), []).append(item)
+    return list(groups.values())
+
+
+def _settle(group: list[Item], results: Sequence[dict[str, Array] | BaseException]) -> None:
+    for item, result in zip(group, results, strict=True):
+        if not item.future.done():
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+
+def _fail(group: list[Item], exc: BaseException) -> None:
+    for item in group:
+        if not item.future.done():
+            item.future.set_exception(exc)
 
 
 AfterRun = Callable[[Sequence[Item], Sequence[dict[str, Array]]], None]
@@ -80,6 +112,8 @@ class Batcher:
         self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._running: list[Item] = []  # the group in the executor now
         # Mean wall time of a run; runs this short go inline on the event loop, where a thread hop would
         # cost more than the run itself. Small models start inline (with many models most batchers are
         # new); a slow first run moves the model to the thread pool from then on.
@@ -94,26 +128,71 @@ class Batcher:
     async def submit(
         self, feeds: dict[str, Array], rows: int, outputs: tuple[str, ...] | None, context: Any = None
     ) -> dict[str, Array]:
+        """Queue a request and wait for its outputs; raises TimeoutError when :meth:`expire` gives up."""
         if len(self._queue) >= self.queue_size:
             raise OverloadedError(
                 f"model {self.model.name} has {len(self._queue)} requests queued; retry shortly",
                 retry_after=1.0,
             )
-        item = Item(feeds, rows, outputs, asyncio.get_running_loop().create_future(), context)
+        loop = asyncio.get_running_loop()
+        item = Item(feeds, rows, outputs, loop.create_future(), context, time.monotonic())
         self._queue.append(item)
-        self._wake.set()
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name=f"batcher {self.model.name}")
+        if self._task is not None:
+            self._wake.set()
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
         return await item.future
 
+    def expire(self, timeout: float, now: float | None = None) -> int:
+        """Fail requests queued or running for more than ``timeout`` seconds with TimeoutError; returns how
+        many. A run that is late still finishes (a thread cannot be stopped), its answer goes nowhere."""
+        if not self._queue and not self._running:
+            return 0
+        cutoff = (time.monotonic() if now is None else now) - timeout
+        late = 0
+        for item in (*self._running, *self._queue):
+            if item.enqueued < cutoff and not item.future.done():
+                item.future.set_exception(TimeoutError())
+                late += 1
+        return late
+
     def close(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
 
+    def _inline(self) -> bool:
+        return self.run_seconds < self.inline_below
+
+    def _flush(self) -> None:
+        """Run what is queued on the loop thread, or hand it to the batch task (slow model, or requests
+        still being decoded that a batch should wait for)."""
+        self._flush_handle = None
+        while self._queue and self._task is None:
+            if not self._inline() or self.incoming > 0:
+                self._task = asyncio.get_running_loop().create_task(
+                    self._loop(), name=f"batcher {self.model.name}"
+                )
+                return
+            batch = self._take(self._full() or len(self._queue))
+            for group in _groups(batch) if batch else ():
+                started = time.perf_counter()
+                try:
+                    results = self._run(group)
+                except BaseException as exc:
+                    _fail(group, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._measure((time.perf_counter() - started) / len(group))
+                _settle(group, results)
+
     async def _loop(self) -> None:
-        # Ends when the queue is empty (``submit`` starts a new one): an idle batcher holds no task, so an
-        # evicted model is freed at once by reference counting, not at the next full garbage collection.
+        # Ends when the queue is empty (``submit`` schedules a flush again): an idle batcher holds no task,
+        # so an evicted model is freed at once by reference counting, not at the next full collection.
         try:
             while self._queue:
                 batch = await self._collect()
@@ -122,15 +201,22 @@ class Batcher:
         finally:
             self._task = None
 
+    def _full(self) -> int:
+        """How many queued items make a full batch; 0 when all of them do not."""
+        rows = 0
+        for n, item in enumerate(self._queue):
+            rows += item.rows
+            if rows >= self.max_batch_size:
+                return n + 1
+        return 0
+
     async def _collect(self) -> list[Item]:
         first = self._queue[0]
         deadline = first.enqueued + self.max_wait
         while True:
-            rows = 0
-            for n, item in enumerate(self._queue):
-                rows += item.rows
-                if rows >= self.max_batch_size:
-                    return self._take(n + 1)
+            n = self._full()
+            if n:
+                return self._take(n)
             remaining = deadline - time.monotonic()
             if self.incoming <= 0 or remaining <= 0:
                 return self._take(len(self._queue))
@@ -145,38 +231,31 @@ class Batcher:
         return [i for i in out if not i.future.done()]  # skip requests that timed out while queued
 
     async def _dispatch(self, batch: list[Item]) -> None:
-        groups: dict[tuple[Any, ...], list[Item]] = {}
-        for item in batch:
-            groups.setdefault(item.signature(), []).append(item)
         loop = asyncio.get_running_loop()
-        for group in groups.values():
+        for group in _groups(batch):
+            self._running = group
             try:
                 started = time.perf_counter()
-                if self.run_seconds < self.inline_below:
+                if self._inline():
                     results = self._run(group)
                 else:
                     results = await loop.run_in_executor(self._executor, self._run, group)
-                self._measure((time.perf_counter() - started) / max(1, len(group)))
+                self._measure((time.perf_counter() - started) / len(group))
             except BaseException as exc:
-                for item in group:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                _fail(group, exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            for item, result in zip(group, results, strict=True):
-                if not item.future.done():
-                    if isinstance(result, BaseException):
-                        item.future.set_exception(result)
-                    else:
-                        item.future.set_result(result)
+            finally:
+                self._running = []
+            _settle(group, results)
 
     def _measure(self, took: float) -> None:
         self.run_seconds = took if not self._measured else 0.8 * self.run_seconds + 0.2 * took
         self._measured = True
 
     def _run(self, group: list[Item]) -> list[dict[str, Array] | BaseException]:
-        """Runs in the executor thread: one ONNX Runtime call for the group, then the after-run hook."""
+        """One ONNX Runtime call for the group, then the after-run hook (on the loop or in the executor)."""
         cpu = time.thread_time()
         outputs = group[0].outputs
         results: list[dict[str, Array] | BaseException] = []
@@ -195,9 +274,13 @@ class Batcher:
                     results.append(self.model.run(item.feeds, outputs))
                 except Exception as exc:
                     results.append(exc)
-        ok = [(i, r) for i, r in zip(group, results, strict=True) if not isinstance(r, BaseException)]
-        if self._after_run is not None and ok:
-            self._after_run([i for i, _ in ok], [r for _, r in ok])
+        if self._after_run is not None:
+            if parts is not None:
+                self._after_run(group, parts)
+            else:
+                ok = [(i, r) for i, r in zip(group, results, strict=True) if not isinstance(r, BaseException)]
+                if ok:
+                    self._after_run([i for i, _ in ok], [r for _, r in ok])
         if self._on_batch is not None:
             self._on_batch(sum(i.rows for i in group), len(group), time.thread_time() - cpu)
         return results

@@ -123,21 +123,37 @@ class ModelCache:
     @asynccontextmanager
     async def use(self, info: VersionInfo) -> AsyncIterator[OnnxModel]:
         """Hold a loaded model for one request; it cannot be evicted until the block exits."""
-        key = (info.name, info.version)
-        while True:
-            entry = self._entries.get(key)
-            if entry is not None and entry.model is not None:
-                break
-            await self._load(info)
+        model = await self.acquire(info)
+        try:
+            yield model
+        finally:
+            self.release((info.name, info.version))
+
+    def hold(self, key: Key) -> OnnxModel | None:
+        """Hold ``key`` for one request if it is loaded (no await: the hot path); None when it is not.
+        Every model held must be given back with :meth:`release`."""
+        entry = self._entries.get(key)
+        if entry is None or entry.model is None:
+            return None
         entry.inflight += 1
         entry.last_used = time.monotonic()
         self._entries.move_to_end(key)
-        try:
-            assert entry.model is not None
-            yield entry.model
-        finally:
-            entry.inflight -= 1
-            entry.last_used = time.monotonic()
+        return entry.model
+
+    async def acquire(self, info: VersionInfo) -> OnnxModel:
+        """Load ``info`` if needed and hold it, like :meth:`hold`."""
+        key = (info.name, info.version)
+        while True:
+            model = self.hold(key)
+            if model is not None:
+                return model
+            await self._load(info)
+
+    def release(self, key: Key) -> None:
+        # A held entry is never dropped (eviction, unload and sweeps skip busy ones), so it is still here.
+        entry = self._entries[key]
+        entry.inflight -= 1
+        entry.last_used = time.monotonic()
 
     async def _load(self, info: VersionInfo) -> None:
         key = (info.name, info.version)

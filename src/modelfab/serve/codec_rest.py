@@ -23,10 +23,13 @@ _U32 = struct.Struct("<I")
 
 
 def _shape_of(name: str, raw: Any) -> tuple[int, ...]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
+    if type(raw) is not list:
         raise InvalidInputError(f"input '{name}': 'shape' must be a list of integers, got {raw!r}")
-    if any(d < 0 for d in raw):
-        raise InvalidInputError(f"input '{name}': shape {raw} has a negative dimension")
+    for d in raw:
+        if type(d) is not int:  # bool is an int subclass, and no dimension
+            raise InvalidInputError(f"input '{name}': 'shape' must be a list of integers, got {raw!r}")
+        if d < 0:
+            raise InvalidInputError(f"input '{name}': shape {raw} has a negative dimension")
     return tuple(raw)
 
 
@@ -87,11 +90,14 @@ def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
             arr = arr.astype(np.bool_)
         else:
             arr = np.array(data)
-            if arr.size and (arr.dtype.kind not in "iuf" or arr.dtype == np.bool_):
+            kind = arr.dtype.kind
+            if kind == "f" and dtype.kind == "f":  # the common case first: floats for a float input
+                pass
+            elif arr.size and kind not in "iuf":  # bool is kind "b"
                 raise InvalidInputError(f"input '{name}': {datatype} data must be numbers")
-            if dtype.kind in "iu" and arr.dtype.kind == "f":
+            elif dtype.kind in "iu" and kind == "f":
                 raise InvalidInputError(f"input '{name}': {datatype} data must be integers")
-            if dtype.kind in "iu" and arr.size:
+            elif dtype.kind in "iu" and arr.size:
                 info = np.iinfo(dtype)
                 if int(arr.min()) < info.min or int(arr.max()) > info.max:
                     raise InvalidInputError(f"input '{name}': a value is out of range for {datatype}")
@@ -211,14 +217,16 @@ def encode_response(
     resp: InferResponse, requested: list[RequestedOutput] | None, binary_default: bool = False
 ) -> tuple[bytes, int | None]:
     """Encode a response; returns the body and the JSON header length when any output is binary."""
-    wanted = requested or [RequestedOutput(n, binary_default) for n in resp.outputs]
+    wanted: Any = (
+        [(r.name, r.binary) for r in requested] if requested else [(n, binary_default) for n in resp.outputs]
+    )
     outs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for req in wanted:
-        array = resp.outputs[req.name]
+    for name, binary in wanted:
+        array = resp.outputs[name]
         datatype = oip_datatype_of(array)
-        entry: dict[str, Any] = {"name": req.name, "datatype": datatype, "shape": list(array.shape)}
-        if req.binary:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary:
             raw = _raw_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)

@@ -2,12 +2,15 @@
 
 Each worker appends JSON lines to its own segment under ``{home}/predictions/``. A record is written with
 ``os.write`` before its response is sent, so a killed worker loses no answered prediction (the kernel holds
-the bytes); ``fsync`` follows in small groups at most ``fsync_interval`` seconds apart, bounding what a power
-loss could take.
+the bytes); a background thread calls ``fsync`` at most ``fsync_interval`` seconds after a write, bounding
+what a power loss could take. The thread, not the writer: an ``fsync`` takes milliseconds, and the writer is
+the event loop answering requests.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import threading
 import time
@@ -18,24 +21,46 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelfab.serve.types import Array
+__all__ = ["PredictionLog", "encode_record", "new_prediction_id", "read_predictions"]
 
-__all__ = ["PredictionLog", "new_prediction_id", "read_predictions"]
+log = logging.getLogger("modelfab.serve")
 
 SUFFIX = ".jsonl"
 
 
+_ids = itertools.count()
+_id_prefix = ""
+
+
+def _new_id_prefix() -> None:
+    # Drawn again in every forked worker, so no two processes share a prefix (nor a counter's values).
+    global _ids, _id_prefix
+    _id_prefix = os.urandom(4).hex()
+    _ids = itertools.count(int.from_bytes(os.urandom(4)) << 8)
+
+
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_prediction_id() -> str:
-    """A 32-hex-digit id that sorts by creation time (48-bit milliseconds, 80 random bits)."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    """A 32-hex-digit id that sorts by creation time: 48-bit milliseconds, then 32 random bits drawn per
+    process and a 48-bit per-process counter (starting at a random value): unique without a system call."""
+    return f"{time.time_ns() // 1_000_000:012x}{_id_prefix}{next(_ids) & 0xFFFFFFFFFFFF:012x}"
 
 
-def _jsonable(array: Array) -> Any:
-    if array.dtype.kind in "OSU":
-        return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in array.ravel()]
-    if array.dtype == np.float16:
-        return array.astype(np.float32)
-    return np.ascontiguousarray(array)
+def _fallback(value: Any) -> Any:
+    """What orjson cannot write itself: strings and bytes (BYTES tensors), non-contiguous arrays."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OSU":
+            return [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in value.ravel()]
+        return np.ascontiguousarray(value)
+    raise TypeError(f"cannot log a value of type {type(value).__name__}")
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One log line (without its newline); numeric arrays are written by orjson straight from numpy."""
+    return orjson.dumps(record, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class PredictionLog:
@@ -52,7 +77,9 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._fd = -1
         self._written = 0
-        self._last_sync = time.monotonic()
+        self._dirty = False
+        self._closing = threading.Event()
+        self._syncer: threading.Thread | None = None
         self._open_segment()
 
     def _open_segment(self) -> None:
@@ -65,14 +92,11 @@ class PredictionLog:
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Write records (``id``, ``model``, ``version``, ``time``, ``inputs``, ``outputs``) in one call."""
-        if not records:
-            return
-        lines = []
-        for r in records:
-            doc = dict(r)
-            doc["inputs"] = {k: _jsonable(v) for k, v in r["inputs"].items()}
-            doc["outputs"] = {k: _jsonable(v) for k, v in r["outputs"].items()}
-            lines.append(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+        if records:
+            self.write_lines([encode_record(r) for r in records])
+
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        """Append lines made by :func:`encode_record`, in one ``os.write`` where the kernel takes it all."""
         data = b"\n".join(lines) + b"\n"
         with self._lock:
             if self._fd < 0:
@@ -82,20 +106,36 @@ class PredictionLog:
                 n = os.write(self._fd, view)
                 view = view[n:]
             self._written += len(data)
-            now = time.monotonic()
-            if now - self._last_sync >= self._fsync_interval:
-                os.fsync(self._fd)
-                self._last_sync = now
+            self._dirty = True
             if self._written >= self._segment_bytes:
                 self._open_segment()
+            if self._syncer is None:
+                self._syncer = threading.Thread(target=self._sync_loop, name="modelfab-predlog", daemon=True)
+                self._syncer.start()
 
-    def sync(self) -> None:
+    def _sync_loop(self) -> None:
+        while not self._closing.wait(self._fsync_interval):
+            try:
+                self.sync(only_if_written=True)
+            except OSError as exc:  # keep trying: the next interval may succeed (a full disk freed)
+                log.warning("cannot fsync the prediction log: %s", exc)
+
+    def sync(self, *, only_if_written: bool = False) -> None:
+        """Flush written records to stable storage (without holding up writers meanwhile)."""
         with self._lock:
-            if self._fd >= 0:
-                os.fsync(self._fd)
-                self._last_sync = time.monotonic()
+            if self._fd < 0 or (only_if_written and not self._dirty):
+                return
+            self._dirty = False
+            fd = os.dup(self._fd)  # a segment switch may close ours while this one syncs
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
+        self._closing.set()
+        if self._syncer is not None and self._syncer is not threading.current_thread():
+            self._syncer.join()
         with self._lock:
             if self._fd >= 0:
                 os.fsync(self._fd)

@@ -9,8 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
-from modelfab.serve.datatypes import ort_type_to_oip
+from modelfab.serve.datatypes import OIP_TO_NUMPY, oip_datatype_of, ort_type_to_oip
 from modelfab.serve.types import Array, TensorSpec
 
 __all__ = ["OnnxModel", "session_overhead_bytes"]
@@ -83,11 +85,36 @@ class OnnxModel:
         self._input_by_name = {s.name: s for s in inputs}
         self.output_names: tuple[str, ...] = tuple(s.name for s in outputs)
         self.batchable = all(len(s.shape) >= 1 and s.shape[0] == -1 for s in (*inputs, *outputs))
+        # The common request, checked by comparing a few values: each input's exact numpy dtype and, when
+        # only its first dimension is free, its row shape. Anything else takes the full check.
+        self._quick: tuple[tuple[str, np.dtype[Any], int, tuple[int, ...]], ...] | None = None
+        quick = []
+        for spec in inputs:
+            dtype = OIP_TO_NUMPY[spec.datatype]
+            if spec.datatype == "BYTES" or not spec.shape or -1 in spec.shape[1:]:
+                break
+            quick.append((spec.name, dtype, len(spec.shape), spec.shape[1:]))
+        else:
+            if self.batchable:
+                self._quick = tuple(quick)
 
     def check(self, feeds: Mapping[str, Array]) -> int:
         """Check names, datatypes and shapes; return the batch rows (first dimension) of the request."""
-        from modelfab.serve.datatypes import oip_datatype_of
+        quick = self._quick
+        if quick is not None and len(feeds) == len(quick):
+            rows = -1
+            for name, dtype, ndim, tail in quick:
+                array = feeds.get(name)
+                if array is None or array.dtype != dtype or array.ndim != ndim or array.shape[1:] != tail:
+                    break
+                if rows not in (-1, array.shape[0]):
+                    break
+                rows = array.shape[0]
+            else:
+                return max(rows, 1)
+        return self._check(feeds)
 
+    def _check(self, feeds: Mapping[str, Array]) -> int:
         for name in feeds:
             if name not in self._input_by_name:
                 expected = ", ".join(s.name for s in self.inputs)

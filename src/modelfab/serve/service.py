@@ -26,7 +26,7 @@ from modelfab.serve.hooks import (
 )
 from modelfab.serve.metrics import ServeMetrics
 from modelfab.serve.options import ServeOptions
-from modelfab.serve.predlog import PredictionLog, new_prediction_id
+from modelfab.serve.predlog import PredictionLog, encode_record, new_prediction_id
 from modelfab.serve.prepared import PreparedGraphs
 from modelfab.serve.runtime import OnnxModel
 from modelfab.serve.source import CachedSource, ModelSource, VersionInfo, check_model_name
@@ -82,6 +82,7 @@ class InferenceService:
         self.inflight = 0
         self.ready = False
         self._housekeeper: asyncio.Task[None] | None = None
+        self._deadlines: asyncio.Task[None] | None = None
 
     def _hook(self, spec: str | None, default: str) -> Any:
         if spec is None or (self.settings is None and spec == default):
@@ -100,14 +101,16 @@ class InferenceService:
             except ModelfabError as exc:
                 log.error("cannot pin model %s: %s", name, exc)
         self._housekeeper = asyncio.create_task(self._housekeeping())
+        self._deadlines = asyncio.create_task(self._watch_deadlines())
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeper
+        for task in (self._housekeeper, self._deadlines):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._shadows:
             await asyncio.wait(list(self._shadows), timeout=5)
         for b in self._batchers.values():
@@ -147,8 +150,22 @@ class InferenceService:
                 else:
                     self.metrics.queue_depth.labels(key[0], str(key[1])).set(b.depth)
 
+    async def _watch_deadlines(self) -> None:
+        """Fail requests waiting longer than the request timeout: one periodic check for all of them is
+        cheaper than a timer per request, and a timeout a few percent late is still a timeout."""
+        timeout = self.options.request_timeout_s
+        every = min(0.5, max(0.01, timeout / 20))
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for b in list(self._batchers.values()):
+                b.expire(timeout, now)
+
     # -- lookups ---------------------------------------------------------------------------------------
     async def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
+        info = self.source.cached(name, ref)
+        if info is not None:
+            return info
         check_model_name(name)
         if self.source.is_fresh(name, ref):
             return self.source.resolve(name, ref)
@@ -232,23 +249,23 @@ class InferenceService:
 
     def _log_predictions(self, items: Sequence[Item], results: Sequence[dict[str, Array]]) -> None:
         assert self.predlog is not None
-        records = []
+        lines = []
         for item, outputs in zip(items, results, strict=True):
             ctx: LogContext | None = item.context
             if ctx is not None:
-                records.append(
-                    {
-                        "id": ctx.prediction_id,
-                        "model": ctx.model,
-                        "version": ctx.version,
-                        "time": ctx.time,
-                        "request_key": ctx.request_key,
-                        "shadow": ctx.shadow,
-                        "inputs": item.feeds,
-                        "outputs": outputs,
-                    }
-                )
-        self.predlog.write(records)
+                record = {
+                    "id": ctx.prediction_id,
+                    "model": ctx.model,
+                    "version": ctx.version,
+                    "time": ctx.time,
+                    "request_key": ctx.request_key,
+                    "shadow": ctx.shadow,
+                    "inputs": item.feeds,
+                    "outputs": outputs,
+                }
+                lines.append(encode_record(record))
+        if lines:
+            self.predlog.write_lines(lines)
 
     def _route(self, name: str, ref: str | int | None, key: str | None) -> tuple[str | int | None, Any]:
         """The version that answers and the shadow version (or None) for a request naming ``ref``."""
@@ -264,8 +281,10 @@ class InferenceService:
         return decision.serve, decision.shadow
 
     def _sampled(self) -> bool:
+        if self.predlog is None:
+            return False
         rate = self.options.log_sample_rate
-        return self.predlog is not None and (rate >= 1.0 or random.random() < rate)
+        return rate >= 1.0 or random.random() < rate
 
     async def _shadow(self, name: str, ref: str | int, req: InferRequest, ctx: LogContext) -> None:
         """Score a request with a shadow version for the prediction log only; failures stay here."""
@@ -300,6 +319,7 @@ class InferenceService:
         mv: tuple[str, str] = (name, "" if ref is None else str(ref))
         shadow: str | int | None = None
         req: InferRequest | None = None
+        held: tuple[str, int] | None = None
         try:
             if self.router is not None and ref in (None, "champion"):
                 check_model_name(name)
@@ -308,43 +328,47 @@ class InferenceService:
                     key = req.parameters.get("request_key")
                     request_key = key if isinstance(key, str) else None
                 ref, shadow = self._route(name, ref, request_key)
-            info = await self.resolve(name, ref)
+            info = self.source.cached(name, ref) or await self.resolve(name, ref)
             mv = (info.name, str(info.version))
-            async with self.cache.use(info) as model:
-                batcher = self._batcher(info, model)
-                if req is None:
-                    batcher.incoming += 1
-                    try:
-                        req = await decode()
-                    finally:
-                        batcher.incoming -= 1
-                rows = model.check(req.inputs)
-                wanted: tuple[str, ...] | None = None
-                if req.outputs:
-                    wanted = tuple(o.name for o in req.outputs)
-                    for o in wanted:
-                        if o not in model.output_names:
-                            have = ", ".join(model.output_names)
-                            raise InvalidInputError(f"unknown output '{o}'; model {info.name} has: {have}")
-                pid = new_prediction_id()
-                sampled = self._sampled()
-                context = (
-                    LogContext(pid, info.name, info.version, time.time(), request_key) if sampled else None
-                )
-                if shadow is not None and context is not None and shadow != info.version:
-                    # Same prediction id, marked shadow: the loop compares both answers to one request.
-                    task = asyncio.create_task(
-                        self._shadow(info.name, shadow, req, replace(context, shadow=True))
-                    )
-                    self._shadows.add(task)
-                    task.add_done_callback(self._shadows.discard)
+            model = self.cache.hold((info.name, info.version))
+            if model is None:
+                model = await self.cache.acquire(info)
+            held = (info.name, info.version)
+            batcher = self._batcher(info, model)
+            if req is None:
+                batcher.incoming += 1
                 try:
-                    async with asyncio.timeout(self.options.request_timeout_s):
-                        outputs = await batcher.submit(req.inputs, rows, wanted, context)
-                except TimeoutError:
-                    raise UnavailableError(
-                        f"model {info.name} did not answer within {self.options.request_timeout_s}s"
-                    ) from None
+                    req = await decode()
+                finally:
+                    batcher.incoming -= 1
+            rows = model.check(req.inputs)
+            wanted: tuple[str, ...] | None = None
+            if req.outputs:
+                wanted = tuple(o.name for o in req.outputs)
+                for o in wanted:
+                    if o not in model.output_names:
+                        have = ", ".join(model.output_names)
+                        raise InvalidInputError(f"unknown output '{o}'; model {info.name} has: {have}")
+            pid = new_prediction_id()
+            context = (
+                LogContext(pid, info.name, info.version, time.time(), request_key)
+                if self._sampled()
+                else None
+            )
+            if shadow is not None and context is not None and shadow != info.version:
+                # Same prediction id, marked shadow: the loop compares both answers to one request.
+                task = asyncio.create_task(
+                    self._shadow(info.name, shadow, req, replace(context, shadow=True))
+                )
+                self._shadows.add(task)
+                task.add_done_callback(self._shadows.discard)
+            try:
+                # The request timeout is enforced by the deadline watch (see ``_watch_deadlines``).
+                outputs = await batcher.submit(req.inputs, rows, wanted, context)
+            except TimeoutError:
+                raise UnavailableError(
+                    f"model {info.name} did not answer within {self.options.request_timeout_s}s"
+                ) from None
         except ModelfabError as exc:
             self.metrics.errors.labels(*mv, str(exc.status_code)).inc()
             raise
@@ -353,6 +377,8 @@ class InferenceService:
             log.exception("inference failed for model %s", name)
             raise ModelfabError(f"internal error while serving model {name}") from exc
         finally:
+            if held is not None:
+                self.cache.release(held)
             self.inflight -= 1
         counters = self._request_metrics.get((mv, protocol))
         if counters is None:  # resolving label children costs more than the update itself
@@ -385,7 +411,7 @@ class _CacheEvents(CacheEvents):
         self._service._batchers.pop((name, version), None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and frozen dataclasses are slower to make
 class LogContext:
     """What the prediction log records about a request besides its tensors."""
 

@@ -168,6 +168,14 @@ class CachedSource:
                         self._cache.setdefault((v.name, ref), (expires, v))
         return sum(1 for v in versions if "champion" in v.aliases)
 
+    def cached(self, name: str, ref: str | int | None) -> VersionInfo | None:
+        """The version ``resolve`` would answer from the cache, without I/O; None when it would not (not
+        cached, expired, or cached as not found). Only names that passed ``check_model_name`` are cached."""
+        hit = self._cache.get((name, ref))
+        if hit is None or hit[0] < self._clock() or isinstance(hit[1], ModelfabError):
+            return None
+        return hit[1]
+
     def is_fresh(self, name: str, ref: str | int | None) -> bool:
         """Whether ``resolve`` would answer from the cache, without I/O."""
         hit = self._cache.get((name, ref))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import threading
@@ -69,6 +70,9 @@ class Worker:
             max_body_bytes=self.service.options.max_body_bytes,
         )
         await self.service.start()
+        # What exists now (modules, ONNX Runtime, the app, pinned models) lives as long as the worker; out of
+        # the collector's view, full collections no longer walk it all on the event loop (tail latency).
+        gc.freeze()
         grpc_server = None
         try:
             if self._grpc_port_wanted is not None:
