@@ -79,3 +79,15 @@ def test_a_graph_that_cannot_be_prepared_still_loads(source: FakeSource, tmp_pat
     loads = [_load_and_evict(cache, source, "double") for _ in range(3)]
     assert not any(m.optimized for m in loads)
     assert prepared.used == 0
+
+
+def test_never_kept_for_a_workspace_encrypted_at_rest(source: FakeSource, tmp_path: Path) -> None:
+    from modelfab.serve.options import ServeOptions
+    from modelfab.serve.service import InferenceService
+    from modelfab.settings import Settings
+
+    bare = ServeOptions(router_factory=None, extra_routes=None, extra_metrics=None)
+    plain = InferenceService(source, bare, home=tmp_path / "a", settings=Settings(home=tmp_path / "a"))
+    sealed_settings = Settings(home=tmp_path / "b", encryption_key="33" * 32)
+    sealed = InferenceService(source, bare, home=tmp_path / "b", settings=sealed_settings)
+    assert plain.prepared is not None and sealed.prepared is None

@@ -64,7 +64,11 @@ class InferenceService:
         self.source = CachedSource(source, ttl=self.options.resolve_ttl_s)
         self.metrics = metrics or ServeMetrics()
         self.prepared: PreparedGraphs | None = None
-        if home is not None and self.options.prepared_graph_bytes > 0:
+        # Prepared graphs are plain ONNX on local disk: never for a workspace encrypted at rest.
+        sealed = settings is not None and bool(
+            getattr(settings, "encryption_key", None) or getattr(settings, "encryption_key_file", None)
+        )
+        if home is not None and self.options.prepared_graph_bytes > 0 and not sealed:
             folder = Path(tempfile.mkdtemp(prefix=f"prepared-w{worker}-", dir=_run_dir(home)))
             self.prepared = PreparedGraphs(folder, self.options.prepared_graph_bytes)
         self.cache = ModelCache(
