@@ -7,6 +7,7 @@ import contextlib
 import logging
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,8 @@ class InferenceService:
         self.ready = False
         self._housekeeper: asyncio.Task[None] | None = None
         self._deadlines: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # set when the registry announces an alias move
+        self._listen_stop = threading.Event()
 
     def _hook(self, spec: str | None, default: str) -> Any:
         if spec is None or (self.settings is None and spec == default):
@@ -104,12 +107,20 @@ class InferenceService:
                 await self.cache.load(await self.resolve(name, None), pin=True)
             except ModelfabError as exc:
                 log.error("cannot pin model %s: %s", name, exc)
+        loop = asyncio.get_running_loop()
+        if self.source.watches_changes:
+            # PostgreSQL tells us about alias moves at once; the poll below stays as the fallback.
+            def wake() -> None:
+                loop.call_soon_threadsafe(self._wake.set)
+
+            self.source.listen(wake, self._listen_stop)
         self._housekeeper = asyncio.create_task(self._housekeeping())
         self._deadlines = asyncio.create_task(self._watch_deadlines())
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
+        self._listen_stop.set()
         for task in (self._housekeeper, self._deadlines):
             if task is not None:
                 task.cancel()
@@ -134,7 +145,9 @@ class InferenceService:
     async def _housekeeping(self) -> None:
         ticks = 0
         while True:
-            await asyncio.sleep(self.options.resolve_ttl_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.options.resolve_ttl_s)
+            self._wake.clear()
             if self.source.watches_changes:
                 try:
                     # The first check always reports a change: that is when lookups are first prewarmed.

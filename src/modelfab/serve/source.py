@@ -9,6 +9,7 @@ the server within about ``ttl``.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+
+log = logging.getLogger("modelfab.serve")
 
 
 def check_model_name(name: str) -> str:
@@ -97,6 +100,17 @@ class WorkspaceSource:
         versions: list[VersionInfo] = list(self._ws.registry.list_versions(limit=100_000))
         return versions
 
+    def listen(self, on_change: Callable[[], None], stop: threading.Event) -> bool:
+        """On PostgreSQL, call ``on_change`` whenever a registry writer moves an alias (LISTEN/NOTIFY), from
+        a daemon thread that reconnects after errors. Returns False where there is no such channel."""
+        engine = self._ws.registry.engine
+        if engine.dialect.name != "postgresql":
+            return False
+        threading.Thread(
+            target=_listen_forever, args=(engine, on_change, stop), name="modelfab-alias-listen", daemon=True
+        ).start()
+        return True
+
     def generation(self) -> Any:
         import sqlalchemy as sa
 
@@ -106,6 +120,27 @@ class WorkspaceSource:
         h = schema.alias_history
         with registry.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.max(h.c.id), sa.func.count(h.c.id))).one()[:2]
+
+
+def _listen_forever(engine: Any, on_change: Callable[[], None], stop: threading.Event) -> None:
+    from modelfab.store.registry import ALIAS_CHANNEL
+
+    while not stop.is_set():
+        try:
+            raw = engine.raw_connection()
+            try:
+                conn = raw.driver_connection
+                conn.autocommit = True
+                conn.execute(f"LISTEN {ALIAS_CHANNEL}")
+                on_change()  # anything that moved while (re)connecting
+                while not stop.is_set():
+                    for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        on_change()
+            finally:
+                raw.invalidate()  # a LISTENing connection must not go back to the pool
+        except Exception as exc:  # the database went away: polling still covers us; retry shortly
+            log.warning("alias change listener lost its connection (%s); reconnecting", exc)
+            stop.wait(2.0)
 
 
 class CachedSource:
@@ -127,6 +162,11 @@ class CachedSource:
         self._generation: Any = None
         self.watches_changes = callable(getattr(inner, "generation", None))
         self._found_ttl = watched_ttl if self.watches_changes else ttl
+
+    def listen(self, on_change: Callable[[], None], stop: threading.Event) -> bool:
+        """Push notification of alias moves, where the source has it (PostgreSQL); else False."""
+        listen = getattr(self.inner, "listen", None)
+        return bool(listen(on_change, stop)) if callable(listen) else False
 
     def check_changes(self) -> bool:
         """Poll the source's generation (blocking I/O); drop every lookup when it moved. True if it did."""

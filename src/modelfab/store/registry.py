@@ -19,8 +19,9 @@ from modelfab.store import schema as t
 from modelfab.store.db import write_tx
 from modelfab.store.records import AliasEvent, DatasetVersion, JobOutcome, ModelVersion, RunSummary
 
-__all__ = ["ALIAS_RE", "Registry"]
+__all__ = ["ALIAS_CHANNEL", "ALIAS_RE", "Registry"]
 
+ALIAS_CHANNEL = "modelfab_aliases"
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 CHAMPION = "champion"
 TERMINAL_JOB_STATES = ("done", "failed")
@@ -520,6 +521,13 @@ class Registry:
             )
         if deletes:
             conn.execute(sa.delete(a).where(key), [{"a_name": n} for n in deletes])
+        if changed and conn.dialect.name == "postgresql":
+            # Delivered at commit to every server LISTENing (modelfab.serve.source): alias moves reach them
+            # at once instead of at their next poll.
+            conn.execute(
+                sa.text("SELECT pg_notify(:channel, :tenant)"),
+                {"channel": ALIAS_CHANNEL, "tenant": self.tenant},
+            )
         if changed:
             conn.execute(
                 sa.insert(t.alias_history),
