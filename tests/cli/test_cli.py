@@ -120,3 +120,25 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "[]"
+
+
+def test_runs_quota(cli: CliRunner) -> None:
+    assert "no cap" in run(cli, "runs", "quota")
+    assert "at most 3 job(s) at once" in run(cli, "runs", "quota", "--max-jobs", "3")
+    assert "at most 3 job(s) at once" in run(cli, "runs", "quota")
+    assert "no cap" in run(cli, "runs", "quota", "--clear")
+    assert "not both" in run(cli, "runs", "quota", "--clear", "--max-jobs", "2", code=2)
+    assert run(cli, "runs", "quota", "--max-jobs", "0", code=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--workers", "many"), "--workers 'many' is not allowed"),
+        (("--max-memory", "lots"), "lots"),
+        (("--log-sample-rate", "2"), ""),
+    ],
+)
+def test_serve_bad_options_fail_before_starting(cli: CliRunner, args: tuple[str, ...], needle: str) -> None:
+    code = 2 if args[0] == "--log-sample-rate" else 1
+    assert needle in run(cli, "serve", "--port", "0", *args, code=code)

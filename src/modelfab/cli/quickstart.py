@@ -106,7 +106,7 @@ def quickstart(
             )
     console.print(
         "next: modelfab models ls | modelfab history churn.site-000 | modelfab monitor churn.site-000 | "
-        "modelfab up --recipe src/modelfab/examples/quickstart.yaml"
+        "modelfab up"
     )
 
 
