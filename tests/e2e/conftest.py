@@ -21,34 +21,11 @@ from modelfab.factory import produce
 from modelfab.recipe import Recipe, parse_recipe
 from modelfab.settings import Settings
 from modelfab.store import Workspace
+from tests.iterate.conftest import CATEGORICAL, NUMERIC, ROWS, SEED, SITES
+from tests.iterate.conftest import RECIPE as ITERATE_RECIPE
 
-SITES = 3
-ROWS = 700
-SEED = 3
-NUMERIC = ["tenure", "monthly_spend", "support_calls"]
-CATEGORICAL = ["plan", "contract"]
-
-RECIPE = """name: churn
-task: classification
-dataset: churn
-target: churned
-partition_by: site
-features: [tenure, monthly_spend, support_calls, plan, contract]
-split: {holdout: 0.25, seed: 7}
-candidates:
-  - family: logistic_regression
-    params: {C: 1.0}
-trials: 1
-metric: roc_auc
-gate: {min: 0.55}
-iterate:
-  triggers: {drift_psi: 0.5, metric_drop: 0.06}
-  min_samples: 100
-  window: 1200
-  beat_champion_by: 0.01
-  canary: {share: 0.5, min_labels: 60}
-  cooldown: 0s
-"""
+# The same small churn world as the loop's own tests, with no cooldown.
+RECIPE = ITERATE_RECIPE.replace("COOLDOWN", "0s")
 
 
 def recipe() -> Recipe:

@@ -14,6 +14,7 @@ from modelfab.cli import iterate as commands
 from modelfab.iterate.predindex import PredictionIndex
 from modelfab.store import Workspace
 from modelfab.store import schema as t
+from tests.cli.test_cli import run
 from tests.iterate.conftest import RECIPE, Traffic, site_frame
 
 app = typer.Typer()
@@ -33,17 +34,6 @@ def cli(produced: Workspace, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("MODELFAB_HOME", str(produced.settings.home))
     monkeypatch.setenv("COLUMNS", "200")
     return CliRunner()
-
-
-def run(cli: CliRunner, *args: str, code: int = 0) -> str:
-    from modelfab.errors import ModelfabError
-
-    result = cli.invoke(app, list(args))
-    if isinstance(result.exception, ModelfabError):
-        assert code == 1, result.exception
-        return str(result.exception)
-    assert result.exit_code == code, (result.output, result.exception)
-    return result.stdout if code == 0 else result.output
 
 
 def test_commands(cli: CliRunner, produced: Workspace, traffic: Traffic, tmp_path: Path) -> None:
