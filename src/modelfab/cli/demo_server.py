@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import IO
 
 from modelfab.errors import UnavailableError
 
-__all__ = ["ServerProcess", "demo_server", "free_port", "serve_args"]
+__all__ = ["ServerProcess", "demo_server", "free_port", "serve_args", "wait_until_ready"]
 
 
 def free_port() -> int:
@@ -47,6 +48,28 @@ def serve_args(
         "--log-sample-rate",
         str(log_sample_rate),
     ]
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[bytes], url: str, timeout: float, what: str, stop: threading.Event | None = None
+) -> bool:
+    """Poll ``http://URL/v2/health/ready`` until it answers 200 (True) or ``stop`` is set (False); raise
+    UnavailableError naming ``what`` if the process exits or ``timeout`` seconds pass first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while stop is None or not stop.is_set():
+        if proc.poll() is not None:
+            raise UnavailableError(f"{what} exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"http://{url}/v2/health/ready", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise UnavailableError(f"{what} was not ready on {url} within {timeout:.0f}s")
+        time.sleep(0.1)
+    return False
 
 
 class ServerProcess:
@@ -85,25 +108,8 @@ class ServerProcess:
         return self.url
 
     def wait_ready(self, timeout: float) -> None:
-        import httpx
-
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise UnavailableError(
-                    f"modelfab {self.args[0]} exited with {self.proc.returncode}; see {self.log_path}"
-                )
-            try:
-                if httpx.get(f"http://{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise UnavailableError(
-                    f"modelfab {self.args[0]} was not ready within {timeout:.0f}s; see {self.log_path}"
-                )
-            time.sleep(0.1)
+        wait_until_ready(self.proc, self.url, timeout, f"modelfab {self.args[0]} (see {self.log_path})")
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the whole process group."""

@@ -279,11 +279,8 @@ def up(
     import subprocess
     import sys
     import threading
-    import time
 
-    import httpx
-
-    from modelfab.errors import UnavailableError
+    from modelfab.cli.demo_server import wait_until_ready
     from modelfab.iterate.loop import IterationLoop
 
     ws = open_workspace()
@@ -307,21 +304,7 @@ def up(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = subprocess.Popen(cmd)
     try:
-        deadline = time.monotonic() + 60
-        while not stop.is_set():
-            if server.poll() is not None:
-                raise UnavailableError(
-                    f"the server exited with code {server.returncode}; see its output above"
-                )
-            try:
-                if httpx.get(f"http://{host}:{port}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise UnavailableError(f"the server did not become ready on {host}:{port} within 60s")
-            time.sleep(0.2)
-        if stop.is_set():
+        if not wait_until_ready(server, f"{host}:{port}", 60, "the server (see its output above)", stop):
             return
         console.print(f"server on http://{host}:{port}; iterating every {interval:g}s (Ctrl-C stops both)")
         IterationLoop(ws, recipes).run_forever(interval, stop=stop, on_pass=_print_pass)
