@@ -284,7 +284,7 @@ class DecisionLog:
         self, conn: Connection, name: str, alias: str, version: int | None, actor: str, reason: str
     ) -> int | None:
         # The registry's own alias move (history rows included), inside this step's transaction.
-        moved = self.registry._move_aliases(conn, alias, {name: version}, actor, reason, datetime.now(UTC))
+        moved = self.registry.move_aliases(conn, alias, {name: version}, actor, reason, datetime.now(UTC))
         return moved[name]
 
     def _drop_challenger(

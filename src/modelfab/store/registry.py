@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,194 +17,24 @@ from sqlalchemy.engine import Connection, Engine, Row
 from modelfab.errors import ConflictError, NotFoundError
 from modelfab.store import schema as t
 from modelfab.store.db import write_tx
-from modelfab.store.records import AliasEvent, DatasetVersion, JobOutcome, ModelVersion, RunSummary
+from modelfab.store.records import AliasEvent, JobOutcome, ModelVersion
+from modelfab.store.runs import RunsAndDatasets
+from modelfab.store.sqlutil import aware, chunks, insert_ignore, now, serialize
 
 __all__ = ["ALIAS_CHANNEL", "ALIAS_RE", "Registry"]
 
 ALIAS_CHANNEL = "modelfab_aliases"
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 CHAMPION = "champion"
-TERMINAL_JOB_STATES = ("done", "failed")
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every time modelfab stores is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-class Registry:
-    """Registry operations for one tenant."""
+class Registry(RunsAndDatasets):
+    """Registry operations for one tenant: model versions and aliases here, datasets and runs in
+    :class:`modelfab.store.runs.RunsAndDatasets`."""
 
     def __init__(self, engine: Engine, tenant: str = "default") -> None:
         self.engine = engine
         self.tenant = tenant
-
-    # ---------------------------------------------------------------- datasets
-    def add_dataset(
-        self, name: str, digest: str, data_digest: str, rows: int, columns: list[dict[str, Any]], source: str
-    ) -> tuple[DatasetVersion, bool]:
-        """Register a dataset version; identical content returns the existing one (created is False)."""
-        d = t.datasets
-        with write_tx(self.engine) as conn:
-            _serialize(conn, "dataset", self.tenant, name)
-            found = conn.execute(
-                sa.select(d).where(d.c.tenant == self.tenant, d.c.name == name, d.c.digest == digest)
-            ).first()
-            if found is not None:
-                return _dataset(found), False
-            latest = conn.execute(
-                sa.select(sa.func.max(d.c.version)).where(d.c.tenant == self.tenant, d.c.name == name)
-            ).scalar()
-            made = DatasetVersion(name, (latest or 0) + 1, digest, data_digest, rows, columns, source, now())
-            conn.execute(sa.insert(d).values(tenant=self.tenant, **made.__dict__))
-        return made, True
-
-    def get_dataset(self, name: str, version: int | None = None) -> DatasetVersion:
-        d = t.datasets
-        q = sa.select(d).where(d.c.tenant == self.tenant, d.c.name == name)
-        q = q.where(d.c.version == version) if version is not None else q.order_by(d.c.version.desc())
-        with self.engine.connect() as conn:
-            row = conn.execute(q.limit(1)).first()
-        if row is None:
-            what = f"dataset {name!r}" + (f" version {version}" if version is not None else "")
-            raise NotFoundError(f"{what} does not exist; import it with: modelfab data import {name} FILE")
-        return _dataset(row)
-
-    def list_datasets(self) -> list[DatasetVersion]:
-        d = t.datasets
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(d).where(d.c.tenant == self.tenant).order_by(d.c.name, d.c.version)
-            ).all()
-        return [_dataset(r) for r in rows]
-
-    # ---------------------------------------------------------------- runs and jobs
-    def ensure_run(
-        self,
-        run_id: str,
-        *,
-        recipe: str,
-        recipe_digest: str,
-        dataset: DatasetVersion,
-        jobs: Sequence[tuple[str, str | None]],
-        priority: str = "normal",
-        spec: dict[str, Any] | None = None,
-    ) -> bool:
-        """Create the run and its jobs unless they exist. Returns True when the run is new.
-        ``spec`` is the recipe as run (JSON), kept so the iteration loop can read its policy."""
-        ts = now()
-        with write_tx(self.engine) as conn:
-            _serialize(conn, "run", self.tenant, run_id)
-            exists = conn.execute(
-                sa.select(t.runs.c.id).where(t.runs.c.tenant == self.tenant, t.runs.c.id == run_id)
-            ).first()
-            if exists is not None:
-                return False
-            conn.execute(
-                sa.insert(t.runs).values(
-                    id=run_id,
-                    tenant=self.tenant,
-                    recipe=recipe,
-                    recipe_digest=recipe_digest,
-                    dataset=dataset.name,
-                    dataset_version=dataset.version,
-                    status="running",
-                    priority=priority,
-                    total=len(jobs),
-                    spec=spec,
-                    created_at=ts,
-                    updated_at=ts,
-                )
-            )
-            if jobs:
-                conn.execute(
-                    sa.insert(t.jobs),
-                    [
-                        {
-                            "tenant": self.tenant,
-                            "run_id": run_id,
-                            "key": key,
-                            "partition": part,
-                            "status": "pending",
-                            "updated_at": ts,
-                        }
-                        for key, part in jobs
-                    ],
-                )
-        return True
-
-    def latest_recipe_specs(self) -> list[dict[str, Any]]:
-        """The recipe each recipe name last ran with (newest run per name)."""
-        r = t.runs
-        newest = (
-            sa.select(r.c.recipe, sa.func.max(r.c.created_at).label("at"))
-            .where(r.c.tenant == self.tenant, r.c.spec.is_not(None))
-            .group_by(r.c.recipe)
-            .subquery()
-        )
-        q = (
-            sa.select(r.c.recipe, r.c.spec)
-            .join(newest, sa.and_(r.c.recipe == newest.c.recipe, r.c.created_at == newest.c.at))
-            .where(r.c.tenant == self.tenant)
-            .order_by(r.c.recipe)
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        seen: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            seen.setdefault(row.recipe, row.spec)
-        return list(seen.values())
-
-    def job_states(self, run_id: str) -> dict[str, str]:
-        j = t.jobs
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(j.c.key, j.c.status).where(j.c.tenant == self.tenant, j.c.run_id == run_id)
-            ).all()
-        return {r.key: r.status for r in rows}
-
-    def set_run_status(self, run_id: str, status: str) -> None:
-        r = t.runs
-        with write_tx(self.engine) as conn:
-            conn.execute(
-                sa.update(r)
-                .where(r.c.tenant == self.tenant, r.c.id == run_id)
-                .values(status=status, updated_at=now())
-            )
-
-    def list_runs(self, limit: int = 100) -> list[RunSummary]:
-        r, j = t.runs, t.jobs
-        with self.engine.connect() as conn:
-            runs = conn.execute(
-                sa.select(r).where(r.c.tenant == self.tenant).order_by(r.c.created_at.desc()).limit(limit)
-            ).all()
-            ids = [x.id for x in runs]
-            counts: dict[str, dict[str, int]] = {i: {} for i in ids}
-            if ids:
-                for row in conn.execute(
-                    sa.select(j.c.run_id, j.c.status, sa.func.count())
-                    .where(j.c.tenant == self.tenant, j.c.run_id.in_(ids))
-                    .group_by(j.c.run_id, j.c.status)
-                ):
-                    counts[row[0]][row[1]] = int(row[2])
-        return [
-            RunSummary(
-                id=x.id,
-                recipe=x.recipe,
-                dataset=f"{x.dataset}@{x.dataset_version}",
-                status=x.status,
-                priority=x.priority,
-                total=x.total,
-                counts=counts[x.id],
-                created_at=_aware(x.created_at),
-                updated_at=_aware(x.updated_at),
-            )
-            for x in runs
-        ]
 
     def record_outcomes(
         self,
@@ -245,7 +75,7 @@ class Registry:
                     [{"m_name": k, "m_latest": v} for k, v in latest.items()],
                 )
             if alias_moves:
-                self._move_aliases(
+                self.move_aliases(
                     conn, alias, dict(alias_moves), "factory", f"passed the gate in run {run_id}", ts
                 )
             for o in outcomes:
@@ -302,7 +132,7 @@ class Registry:
             return {}
         m = t.models
         first = {o.model: o for o in fresh}
-        _insert_ignore(
+        insert_ignore(
             conn,
             m,
             [
@@ -418,7 +248,7 @@ class Registry:
         names = list(names)
         out: dict[str, float | None] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(names, 500):
+            for chunk in chunks(names, 500):
                 q = (
                     sa.select(a.c.name, v.c.score)
                     .join(
@@ -435,7 +265,7 @@ class Registry:
         a = t.aliases
         names = sorted({k[0] for k in keys})
         out: dict[tuple[str, int], list[str]] = {}
-        for chunk in _chunks(names, 500):
+        for chunk in chunks(names, 500):
             q = sa.select(a.c.name, a.c.version, a.c.alias).where(
                 a.c.tenant == self.tenant, a.c.name.in_(chunk)
             )
@@ -478,9 +308,9 @@ class Registry:
         reason: str,
         ts: datetime,
     ) -> int | None:
-        return self._move_aliases(conn, alias, {name: version}, actor, reason, ts)[name]
+        return self.move_aliases(conn, alias, {name: version}, actor, reason, ts)[name]
 
-    def _move_aliases(
+    def move_aliases(
         self,
         conn: Connection,
         alias: str,
@@ -489,14 +319,15 @@ class Registry:
         reason: str,
         ts: datetime,
     ) -> dict[str, int | None]:
-        """Point ``alias`` of each named model at its version (None removes it) and record each move.
+        """Point ``alias`` of each named model at its version (None removes it) and record each move, inside
+        the caller's write transaction ``conn`` (so a move and what caused it commit together).
         Returns each model's previous version. Statements are batched: a run promotes hundreds at once."""
         a = t.aliases
         names = sorted(moves)
         for name in names:
-            _serialize(conn, "alias", self.tenant, name, alias)
+            serialize(conn, "alias", self.tenant, name, alias)
         previous: dict[str, int | None] = dict.fromkeys(names)
-        for chunk in _chunks(names, 500):
+        for chunk in chunks(names, 500):
             q = sa.select(a.c.name, a.c.version).where(
                 a.c.tenant == self.tenant, a.c.alias == alias, a.c.name.in_(chunk)
             )
@@ -557,7 +388,7 @@ class Registry:
             if not rows:
                 self._resolve(conn, name, "latest")
         return [
-            AliasEvent(r.name, r.alias, r.version, r.previous, r.actor, r.reason, _aware(r.created_at))
+            AliasEvent(r.name, r.alias, r.version, r.previous, r.actor, r.reason, aware(r.created_at))
             for r in rows
         ]
 
@@ -567,29 +398,6 @@ class Registry:
             return int(
                 conn.execute(sa.select(sa.func.count()).where(v.c.tenant == self.tenant)).scalar() or 0
             )
-
-
-def _serialize(conn: Connection, *key: str) -> None:
-    """Make writers of the same key take turns until commit. SQLite needs nothing: BEGIN IMMEDIATE
-    already admits one writer at a time; PostgreSQL gets a transaction-scoped advisory lock."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": "|".join(key)})
-
-
-def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        conn.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
-
-
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _version_row(
@@ -616,19 +424,6 @@ def _version_row(
     }
 
 
-def _dataset(r: Row[Any]) -> DatasetVersion:
-    return DatasetVersion(
-        name=r.name,
-        version=r.version,
-        digest=r.digest,
-        data_digest=r.data_digest,
-        rows=r.rows,
-        columns=r.columns,
-        source=r.source,
-        created_at=_aware(r.created_at),
-    )
-
-
 def _model_version(r: Row[Any], aliases: list[str]) -> ModelVersion:
     lineage = r.lineage or {}
     return ModelVersion(
@@ -648,6 +443,6 @@ def _model_version(r: Row[Any], aliases: list[str]) -> ModelVersion:
         artifact_digest=r.artifact_digest,
         artifact_size=r.artifact_size,
         profile_digest=r.profile_digest,
-        created_at=_aware(r.created_at),
+        created_at=aware(r.created_at),
         aliases=aliases,
     )
