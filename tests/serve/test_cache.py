@@ -8,7 +8,7 @@ import pytest
 from serve_helpers import FakeSource
 
 from modelfab.errors import OverloadedError, UnavailableError
-from modelfab.serve.cache import Candidate, ModelCache, choose_evictions, idle_keys
+from modelfab.serve.cache import Candidate, ModelCache, choose_evictions, idle_keys, trim_heap
 from modelfab.serve.runtime import session_overhead_bytes
 from modelfab.serve.types import InferRequest
 
@@ -218,3 +218,31 @@ def test_a_slow_load_does_not_stall_other_models(source: FakeSource) -> None:
             await service.stop()
 
     asyncio.run(scenario())
+
+
+def test_bookkeeping_overhead_counts_in_the_budget(source: FakeSource) -> None:
+    async def scenario() -> None:
+        overhead = [0]
+        cache = ModelCache(source.fetch, _budget_for(source, 2), overhead=lambda: overhead[0])
+        d1, d2 = source.resolve("digits", 1), source.resolve("digits", 2)
+        async with cache.use(d1):
+            pass
+        async with cache.use(d2):
+            pass
+        assert len(cache.loaded()) == 2
+        overhead[0] = cache.budget // 3  # bookkeeping of models seen takes a third of the budget
+        async with cache.use(source.resolve("types", None)):
+            pass
+        assert len(cache.loaded()) == 1  # the two others made room
+        assert cache.used + overhead[0] <= cache.budget
+        overhead[0] = cache.budget  # nothing left for any model: refused, saying why
+        with pytest.raises(UnavailableError, match="bookkeeping"):
+            async with cache.use(d1):
+                pass
+
+    asyncio.run(scenario())
+
+
+def test_trim_heap_is_harmless() -> None:
+    assert trim_heap() in (True, False)
+    assert trim_heap() in (True, False)  # the library is looked up once

@@ -16,7 +16,7 @@ from modelfab.errors import NotFoundError
 from modelfab.serve.hooks import load_hook
 from modelfab.serve.options import ServeOptions
 from modelfab.serve.predlog import read_predictions
-from modelfab.serve.source import CachedSource
+from modelfab.serve.source import CachedSource, Lookup
 
 ROW = np.linspace(0, 1, 64, dtype=np.float32).tolist()
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": ROW}]}
@@ -163,7 +163,8 @@ def test_prewarm_resolves_every_champion_from_one_index_read(source: FakeSource)
     assert cached.prewarm() == len(others)
     for name in others:
         assert cached.is_fresh(name, None) and cached.is_fresh(name, "champion")
-        assert cached.resolve(name, None) == source.resolve(name, None)
+        got, want = cached.resolve(name, None), source.resolve(name, None)
+        assert (got.name, got.version, got.artifact_digest) == (want.name, want.version, want.artifact_digest)
     assert watched.resolves == 0
     # digits' latest version is the challenger, not the champion: looked up on demand, as before
     assert not cached.is_fresh("digits", None)
@@ -195,3 +196,19 @@ def test_cached_answers_only_fresh_found_lookups(source: FakeSource) -> None:
     assert cached.cached("nope", None) is None  # a cached 'not found' still goes through resolve
     now[0] = 1.0
     assert cached.cached("digits", 1) is None  # expired
+
+
+def test_lookup_cache_is_bounded_and_keeps_compact_records(source: FakeSource) -> None:
+    cached = CachedSource(source, ttl=60.0, max_entries=2)
+    names = list(source.versions)
+    assert len(names) >= 3
+    for name in names:
+        info = cached.resolve(name, None)
+        assert isinstance(info, Lookup) and info.name == name
+        assert info.serving == source.resolve(name, None).serving
+    assert len(cached._cache) == 2  # the oldest lookups went first
+    assert not cached.is_fresh(names[0], None) and cached.is_fresh(names[-1], None)
+    # champion and no version are one lookup
+    assert cached.is_fresh(names[-1], "champion")
+    assert cached.cached(names[-1], "champion") is cached.cached(names[-1], None)
+    assert cached.prewarm() <= 2 and len(cached._cache) == 2

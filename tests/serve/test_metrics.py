@@ -43,7 +43,7 @@ def test_render_parses_as_prometheus_text() -> None:
     assert s[("modelfab_request_seconds_sum", _mv())] == pytest.approx(20.0064)
     assert s[("modelfab_model_loads_total", _mv())] == 1
     assert s[("modelfab_model_evictions_total", _mv(reason="lru"))] == 1
-    assert s[("modelfab_model_resident_bytes", _mv())] == 0
+    assert ("modelfab_model_resident_bytes", _mv()) not in s  # an unloaded model has no gauge series
     assert s[("modelfab_request_errors_total", _mv(code="400"))] == 1
     assert s[("modelfab_workers", ())] == 1
     assert s[("modelfab_model_load_seconds_count", ())] == 1
@@ -135,3 +135,23 @@ def test_scrape_does_not_wait_forever_for_a_stuck_worker(
     stuck.write_snapshot(tmp_path, os.getpid() + 1)  # never answers the scrape
     s = _samples(asyncio.run(me.collect()))
     assert s[("modelfab_requests_total", _mv(protocol="rest"))] == 3  # its last snapshot
+
+
+def test_a_models_bookkeeping_is_counted_once_and_gauges_go_with_it() -> None:
+    m = ServeMetrics()
+    m.loaded("m", 1, 1000, 0.001)
+    m.queue_depth.labels("m", "1").set(0)
+    per_model = m.bookkeeping_bytes
+    assert per_model > 0
+    m.evicted("m", 1, 1000, "lru")
+    m.queue_depth.remove("m", "1")
+    m.loaded("m", 1, 1000, 0.001)  # seen before: nothing more to count
+    assert m.bookkeeping_bytes == per_model
+    m.loaded("n", 1, 1000, 0.001)
+    assert m.bookkeeping_bytes == 2 * per_model
+    m.evicted("m", 1, 1000, "lru")
+    s = _samples(m.render(folder=None))
+    assert ("modelfab_model_resident_bytes", _mv()) not in s
+    assert ("modelfab_queue_depth", _mv()) not in s
+    assert s[("modelfab_model_loads_total", _mv())] == 2  # counters stay
+    assert s[("modelfab_model_bookkeeping_bytes", ())] == 2 * per_model

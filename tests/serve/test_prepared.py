@@ -32,6 +32,8 @@ def test_reloads_build_from_the_optimized_graph(source: FakeSource, tmp_path: Pa
     loads = [_load_and_evict(cache, source, "digits") for _ in range(4)]
     assert [m.optimized for m in loads] == [False, False, True, True]
     assert source.fetches == 2  # the third and fourth loads did not fetch the artifact
+    (graph,) = [p for p in (tmp_path / "prepared").iterdir() if not p.name.startswith(".")]
+    assert graph.read_bytes()[4:8] == b"ORTM"  # ONNX Runtime's own format, not protobuf
     want = loads[0].run({"input": x})
     for m in loads[1:]:
         for name, array in m.run({"input": x}).items():
@@ -54,7 +56,15 @@ def test_a_changed_graph_is_refused_and_the_artifact_used(source: FakeSource, tm
 
 
 def test_disk_use_is_bounded(source: FakeSource, tmp_path: Path) -> None:
-    prepared = PreparedGraphs(tmp_path / "prepared", max_bytes=400)  # one graph of these (~260 bytes)
+    sizes = []
+    for name in ("double", "fixed"):  # how big each prepared graph is (ORT format)
+        probe = PreparedGraphs(tmp_path / f"probe-{name}")
+        probe_cache = ModelCache(source.fetch, 1 << 30, prepared=probe)
+        for _ in range(2):
+            _load_and_evict(probe_cache, source, name)
+        sizes.append(probe.used)
+    assert min(sizes) > 0
+    prepared = PreparedGraphs(tmp_path / "prepared", max_bytes=sum(sizes) - 1)  # room for one of them
     cache = ModelCache(source.fetch, 1 << 30, prepared=prepared)
     for name in ("double", "fixed"):
         for _ in range(2):

@@ -7,19 +7,23 @@ digest check, session build), which runs in a thread; so the bookkeeping needs n
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelfab.errors import IntegrityError, ModelfabError, OverloadedError, UnavailableError
 from modelfab.serve.prepared import PreparedGraphs
 from modelfab.serve.runtime import OnnxModel, session_overhead_bytes
 from modelfab.serve.source import VersionInfo
 
-__all__ = ["Candidate", "ModelCache", "choose_evictions", "idle_keys"]
+__all__ = ["Candidate", "ModelCache", "choose_evictions", "idle_keys", "trim_heap"]
 
 log = logging.getLogger("modelfab.serve")
 Key = tuple[str, int]
@@ -52,6 +56,28 @@ def choose_evictions(
         if need <= 0:
             return chosen
     return None
+
+
+_libc: Any = None
+
+
+def trim_heap() -> bool:
+    """Return freed heap memory to the system (glibc's ``malloc_trim``); False where there is none."""
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                lib.malloc_trim.argtypes = [ctypes.c_size_t]
+                lib.malloc_trim.restype = ctypes.c_int
+                _libc = lib
+            except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+                pass
+    if _libc is False:
+        return False
+    _libc.malloc_trim(0)
+    return True
 
 
 def idle_keys(entries: Sequence[Candidate], now: float, ttl: float) -> list[Key]:
@@ -92,8 +118,11 @@ class ModelCache:
         events: CacheEvents | None = None,
         failure_ttl: float = 5.0,
         prepared: PreparedGraphs | None = None,
+        overhead: Callable[[], int] | None = None,
     ) -> None:
-        """``prepared``: where small models that load again and again keep their optimized graphs."""
+        """``prepared``: where small models that load again and again keep their optimized graphs.
+        ``overhead``: bytes of the budget taken by other things (per-model bookkeeping), read at each load."""
+        self._overhead = overhead
         self._fetch = fetch
         self._prepared = prepared
         self.budget = budget_bytes
@@ -105,6 +134,7 @@ class ModelCache:
         self._failure_ttl = failure_ttl
         self._pinned_names: set[str] = set()
         self.used = 0
+        self.drops = 0  # models dropped so far (the service trims the heap after drops)
 
     # -- queries ---------------------------------------------------------------------------------------
     def loaded(self) -> list[tuple[str, int]]:
@@ -264,10 +294,16 @@ class ModelCache:
             ) from None
 
     def _make_room(self, incoming: int) -> None:
-        if self.used + incoming <= self.budget:
+        used = self.used + (self._overhead() if self._overhead is not None else 0)
+        if used + incoming <= self.budget:
             return
-        victims = choose_evictions(self._candidates(), self.used, self.budget, incoming, ordered=True)
+        victims = choose_evictions(self._candidates(), used, self.budget, incoming, ordered=True)
         if victims is None:
+            if used - self.used + incoming > self.budget:
+                raise UnavailableError(
+                    f"the memory budget of {self.budget} bytes is taken by the bookkeeping of models seen so "
+                    f"far ({used - self.used} bytes); raise --max-memory"
+                )
             raise OverloadedError(
                 "the model memory budget is full of models in use; retry shortly", retry_after=1.0
             )
@@ -279,6 +315,7 @@ class ModelCache:
         if entry is None:
             return
         self.used -= entry.size
+        self.drops += 1
         entry.model = None
         self._events.evicted(key[0], key[1], entry.size, reason)
 

@@ -44,6 +44,10 @@ _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _MV = ("model", "version")
 
 _GENERATION = "__generation__"
+# Memory a model version costs the server from its first load on, whether or not it stays loaded: its
+# counter and histogram series here (~1.8 KB, measured with tracemalloc over 10,000 models), the service's
+# cached label children, its lookup and its prepared-graph record. Counted in the memory budget.
+MODEL_BOOKKEEPING_BYTES = 3 * 1024
 Kind = Literal["counter", "gauge", "histogram"]
 # How a gauge combines over workers: summed over live workers, or the largest value any worker reported.
 GaugeMode = Literal["livesum", "max"]
@@ -121,6 +125,10 @@ class Gauge(_Family):
 
     def set(self, value: float) -> None:
         self.labels().set(value)
+
+    def remove(self, *values: str) -> None:
+        """Drop a series (a gauge of something that is gone: its memory would otherwise stay forever)."""
+        self._children.pop(values, None)
 
     def values(self) -> Series:
         return {k: c.value for k, c in self._children.items()}
@@ -207,6 +215,11 @@ class ServeMetrics(CacheEvents):
         )
         self.evictions = Counter("modelfab_model_evictions", "Models unloaded", [*_MV, "reason"])
         self.workers = Gauge("modelfab_workers", "Worker processes running")
+        self.bookkeeping = Gauge(
+            "modelfab_model_bookkeeping_bytes",
+            "Memory budget taken by per-model metrics and lookups of every model version seen",
+        )
+        self.bookkeeping_bytes = 0
         # Counted by the supervisor in shared memory; every worker publishes the same totals.
         self.scale_events = Gauge(
             "modelfab_scale_events", "Autoscaler decisions so far", ["direction"], mode="max"
@@ -218,14 +231,22 @@ class ServeMetrics(CacheEvents):
     # CacheEvents
     def loaded(self, name: str, version: int, size: int, seconds: float) -> None:
         v = str(version)
-        self.loads.labels(name, v).inc()
+        key = (name, v)
+        loads = self.loads._children.get(key)
+        if loads is None:  # the first load of this version: its series are here to stay
+            loads = self.loads.labels(name, v)
+            self.bookkeeping_bytes += MODEL_BOOKKEEPING_BYTES
+            self.bookkeeping.set(self.bookkeeping_bytes)
+        loads.inc()
         self.load_seconds.observe(seconds)
         self.resident_bytes.labels(name, v).set(size)
 
     def evicted(self, name: str, version: int, size: int, reason: str) -> None:
         v = str(version)
         self.evictions.labels(name, v, reason).inc()
-        self.resident_bytes.labels(name, v).set(0)
+        # An unloaded model has no resident bytes series at all: with thousands of models coming and
+        # going, series of zeros would only grow. Counters and histograms stay (they must not go back).
+        self.resident_bytes.remove(name, v)
 
     # -- export ----------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Series]:

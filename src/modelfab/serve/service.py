@@ -17,7 +17,7 @@ from typing import Any
 
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
 from modelfab.serve.batching import Batcher, Item
-from modelfab.serve.cache import CacheEvents, ModelCache
+from modelfab.serve.cache import CacheEvents, ModelCache, trim_heap
 from modelfab.serve.hooks import (
     DEFAULT_EXTRA_METRICS,
     DEFAULT_EXTRA_ROUTES,
@@ -78,7 +78,9 @@ class InferenceService:
             threads_per_model=self.options.ort_threads,
             events=_CacheEvents(self),
             prepared=self.prepared,
+            overhead=lambda: self.metrics.bookkeeping_bytes,
         )
+        self._trimmed_at = 0
         self._executor = ThreadPoolExecutor(self.options.run_threads, thread_name_prefix="modelfab-run")
         self._batchers: dict[tuple[str, int], Batcher] = {}
         self.predlog = (
@@ -160,10 +162,16 @@ class InferenceService:
                 continue
             ticks = 0
             self.cache.sweep(self.options.idle_ttl_s)
+            if self.cache.drops != self._trimmed_at:
+                # Sessions of evicted models free many small blocks that glibc keeps; hand them back (in a
+                # thread: a trim of a large heap takes milliseconds, and it drops the GIL).
+                self._trimmed_at = self.cache.drops
+                await asyncio.to_thread(trim_heap)
             for key, b in list(self._batchers.items()):
                 if not self.cache.is_loaded(*key) and b.depth == 0 and b.incoming == 0:
                     b.close()
                     del self._batchers[key]
+                    self.metrics.queue_depth.remove(key[0], str(key[1]))
                 else:
                     self.metrics.queue_depth.labels(key[0], str(key[1])).set(b.depth)
 
@@ -426,6 +434,7 @@ class _CacheEvents(CacheEvents):
         self._service.metrics.evicted(name, version, size, reason)
         # Idle (the cache never evicts a model with requests in flight), so its loop task has ended too.
         self._service._batchers.pop((name, version), None)
+        self._service.metrics.queue_depth.remove(name, str(version))
 
 
 @dataclass(slots=True)  # not frozen: one is made per request, and frozen dataclasses are slower to make
