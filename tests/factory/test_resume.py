@@ -77,7 +77,11 @@ def done_jobs(home: Path) -> int:
         engine.dispose()
 
 
-def setup(tmp_path: Path, name: str = "m", trials: int = 6) -> tuple[Path, Path]:
+# Enough trials that a run lasts seconds: the stop must land mid-run, however fast a job has become.
+SLOW_TRIALS = 60
+
+
+def setup(tmp_path: Path, name: str = "m", trials: int = SLOW_TRIALS) -> tuple[Path, Path]:
     home = tmp_path / "home"
     many_sites(tmp_path / "many.csv")
     ws = Workspace.open(Settings(home=home))
@@ -128,7 +132,7 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path) -> None:
-    home, recipe = setup(tmp_path, trials=8)
+    home, recipe = setup(tmp_path)
     proc = start(home, recipe)
     wait_for_progress(home, proc, 2)
     os.killpg(proc.pid, signal.SIGINT)

@@ -27,7 +27,7 @@ partition_by: site
 candidates:
   - family: logistic_regression
     search: {{C: {{low: 0.1, high: 10, log: true}}}}
-trials: 6
+trials: 40  # jobs must last: the high run starts while the normal one still has queued jobs
 metric: accuracy
 min_rows: 20
 """
