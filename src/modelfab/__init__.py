@@ -5,7 +5,9 @@ Everything documented is importable from here; heavy libraries load only when us
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from modelfab._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -76,10 +78,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'modelfab' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports("modelfab", _LAZY)

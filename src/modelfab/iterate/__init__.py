@@ -6,7 +6,9 @@ Heavy modules load only when used; the server imports :mod:`modelfab.iterate.htt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from modelfab._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from modelfab.iterate.decisions import DecisionLog
@@ -24,10 +26,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'modelfab.iterate' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports("modelfab.iterate", _WHERE)

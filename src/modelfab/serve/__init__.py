@@ -5,7 +5,9 @@ Heavy modules (onnxruntime, uvicorn, grpc) load only when a server is built or r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from modelfab._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from modelfab.serve.options import ServeOptions
@@ -22,10 +24,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'modelfab.serve' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports("modelfab.serve", _WHERE)
