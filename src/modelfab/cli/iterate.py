@@ -199,6 +199,11 @@ def history(
         )
 
 
+def _require_reason(reason: str) -> None:
+    if not reason.strip():
+        raise typer.BadParameter("--reason must say why", param_hint="--reason")
+
+
 def promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(min=1, help="The version to make champion.")],
@@ -208,8 +213,7 @@ def promote(
     """Make VERSION the champion by hand (ends any trial); recorded with your reason."""
     from modelfab.iterate.decisions import DecisionLog
 
-    if not reason.strip():
-        raise typer.BadParameter("--reason must say why", param_hint="--reason")
+    _require_reason(reason)
     ws = open_workspace()
     previous = DecisionLog(ws.registry).promote(name, version, reason, {"manual": True}, actor=actor)
     console.print(f"{name}: champion is now version {version} (was {previous})")
@@ -223,8 +227,7 @@ def rollback(
     """End a running trial, or move the champion back to the version it replaced."""
     from modelfab.iterate.decisions import DecisionLog
 
-    if not reason.strip():
-        raise typer.BadParameter("--reason must say why", param_hint="--reason")
+    _require_reason(reason)
     ws = open_workspace()
     ws.registry.resolve(name, "latest")
     champion = DecisionLog(ws.registry).rollback(name, reason, {"manual": True}, actor=actor)
