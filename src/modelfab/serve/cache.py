@@ -21,6 +21,7 @@ from typing import Any
 from modelfab.errors import IntegrityError, ModelfabError, OverloadedError, UnavailableError
 from modelfab.serve.prepared import PreparedGraphs
 from modelfab.serve.runtime import OnnxModel, session_overhead_bytes
+from modelfab.serve.shared import SharedGraphs
 from modelfab.serve.source import VersionInfo
 
 __all__ = ["Candidate", "ModelCache", "choose_evictions", "idle_keys", "trim_heap"]
@@ -119,10 +120,14 @@ class ModelCache:
         failure_ttl: float = 5.0,
         prepared: PreparedGraphs | None = None,
         overhead: Callable[[], int] | None = None,
+        shared: SharedGraphs | None = None,
     ) -> None:
         """``prepared``: where small models that load again and again keep their optimized graphs.
-        ``overhead``: bytes of the budget taken by other things (per-model bookkeeping), read at each load."""
+        ``overhead``: bytes of the budget taken by other things (per-model bookkeeping), read at each load.
+        ``shared``: small models that differ only in their weights run on one session (:mod:`.shared`);
+        the shared sessions count against the budget."""
         self._overhead = overhead
+        self.shared = shared
         self._fetch = fetch
         self._prepared = prepared
         self.budget = budget_bytes
@@ -198,26 +203,39 @@ class ModelCache:
                     f"model {info.name} version {info.version} needs about {size} bytes but the memory "
                     f"budget is {self.budget}; raise --max-memory"
                 )
+            if 0 <= info.artifact_size < INLINE_LOAD_BYTES:
+                # A small model loads in well under a millisecond: a thread hop, and threads fighting the
+                # event loop for the GIL, would cost more (and add tail latency) than loading it here. It
+                # is synchronous, so no other request can see it half loaded: no task, no waiting. Built
+                # first, so room is made for what it really holds (far less than a session when shared).
+                self._load_inline(info)
+                return
             self._make_room(size)
             entry = _Entry(info=info, size=size, pinned=info.name in self._pinned_names)
             self._entries[key] = entry
             self.used += size
-            if 0 <= info.artifact_size < INLINE_LOAD_BYTES:
-                # A small model loads in well under a millisecond: a thread hop, and threads fighting the
-                # event loop for the GIL, would cost more (and add tail latency) than loading it here. It
-                # is synchronous, so no other request can see it half loaded: no task, no waiting.
-                started = time.monotonic()
-                try:
-                    model = self._build(info)
-                except Exception as exc:
-                    raise self._failed(entry, exc) from None
-                self._loaded(entry, model, started)
-                return
             # A task, so a client hanging up does not cancel a load others are waiting on.
             task = asyncio.create_task(self._load_into(entry))
             task.add_done_callback(_retrieve)
             self._loading[key] = task
         await asyncio.shield(task)
+
+    def _load_inline(self, info: VersionInfo) -> None:
+        key = (info.name, info.version)
+        started = time.monotonic()
+        try:
+            model = self._build(info)
+        except Exception as exc:
+            raise self._remember_failure(key, exc) from None
+        try:
+            self._make_room(model.resident_bytes)
+        except ModelfabError:  # a full budget is not the model's fault: nothing to remember
+            self._discard(model)
+            raise
+        entry = _Entry(info=info, size=model.resident_bytes, pinned=info.name in self._pinned_names)
+        self._entries[key] = entry
+        self.used += entry.size
+        self._loaded(entry, model, started)
 
     async def _load_into(self, entry: _Entry) -> OnnxModel:
         started = time.monotonic()
@@ -236,6 +254,9 @@ class ModelCache:
         if self._entries.get(key) is entry:
             del self._entries[key]
             self.used -= entry.size
+        return self._remember_failure(key, exc)
+
+    def _remember_failure(self, key: Key, exc: Exception) -> ModelfabError:
         err = exc if isinstance(exc, ModelfabError) else UnavailableError(f"loading failed: {exc}")
         self._failures[key] = (time.monotonic() + self._failure_ttl, err)
         return err
@@ -252,13 +273,21 @@ class ModelCache:
 
     def _build(self, info: VersionInfo) -> OnnxModel:
         digest = info.artifact_digest
-        # Only small models, which load on the loop thread: the prepared graphs are not thread-safe.
-        prepared = self._prepared if 0 <= info.artifact_size < INLINE_LOAD_BYTES else None
+        small = 0 <= info.artifact_size < INLINE_LOAD_BYTES
+        data: bytes | None = None
+        # Only small models, which load on the loop thread: shared and prepared graphs are not thread-safe.
+        if small and self.shared is not None and self.shared.shareable(digest):
+            data = self._fetch_checked(info)
+            model = self.shared.load(info.name, info.version, digest, data)
+            if model is not None:
+                return model
+        prepared = self._prepared if small else None
         if prepared is not None:
             graph = prepared.get(digest)
             if graph is not None:
                 return OnnxModel(info.name, info.version, graph, threads=self._threads, optimized=True)
-        data = self._fetch_checked(info)
+        if data is None:
+            data = self._fetch_checked(info)
         if prepared is not None and prepared.should_prepare(digest):
             staged = prepared.staging_path(digest)
             try:
@@ -295,9 +324,14 @@ class ModelCache:
 
     def _make_room(self, incoming: int) -> None:
         used = self.used + (self._overhead() if self._overhead is not None else 0)
+        if self.shared is not None:
+            used += self.shared.resident_bytes
         if used + incoming <= self.budget:
             return
         victims = choose_evictions(self._candidates(), used, self.budget, incoming, ordered=True)
+        if victims is None and self.shared is not None and self.shared.drop_idle():
+            self._make_room(incoming)
+            return
         if victims is None:
             if used - self.used + incoming > self.budget:
                 raise UnavailableError(
@@ -316,8 +350,14 @@ class ModelCache:
             return
         self.used -= entry.size
         self.drops += 1
+        if entry.model is not None:
+            self._discard(entry.model)
         entry.model = None
         self._events.evicted(key[0], key[1], entry.size, reason)
+
+    def _discard(self, model: OnnxModel) -> None:
+        if model.shared_key is not None and self.shared is not None:
+            self.shared.release((model,))
 
     # -- management ------------------------------------------------------------------------------------
     async def load(self, info: VersionInfo, *, pin: bool = True) -> None:

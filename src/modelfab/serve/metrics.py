@@ -220,6 +220,12 @@ class ServeMetrics(CacheEvents):
             "Memory budget taken by per-model metrics and lookups of every model version seen",
         )
         self.bookkeeping_bytes = 0
+        self.shared_graphs = Gauge(
+            "modelfab_shared_graphs", "Sessions shared by models that differ only in their weights"
+        )
+        self.shared_graph_bytes = Gauge(
+            "modelfab_shared_graph_bytes", "Memory budget taken by the shared sessions"
+        )
         # Counted by the supervisor in shared memory; every worker publishes the same totals.
         self.scale_events = Gauge(
             "modelfab_scale_events", "Autoscaler decisions so far", ["direction"], mode="max"

@@ -62,6 +62,8 @@ class ServeOptions:
     # Disk for optimized graphs of small models that load again and again (see serve/prepared.py), per
     # worker, under {home}/run; 0 turns it off.
     prepared_graph_bytes: int = 256 << 20
+    # Small models that differ only in their weights run on one shared session (see serve/shared.py).
+    share_graphs: bool = True
     server_name: str = "modelfab"
     # ``module:function`` hooks called with the server settings; a missing module means no hook.
     router_factory: str | None = DEFAULT_ROUTER

@@ -30,6 +30,7 @@ from modelfab.serve.options import ServeOptions
 from modelfab.serve.predlog import PredictionLog, encode_record, new_prediction_id
 from modelfab.serve.prepared import PreparedGraphs
 from modelfab.serve.runtime import OnnxModel
+from modelfab.serve.shared import SharedGraphs
 from modelfab.serve.source import CachedSource, ModelSource, VersionInfo, check_model_name
 from modelfab.serve.types import Array, InferRequest, InferResponse
 
@@ -79,6 +80,7 @@ class InferenceService:
             events=_CacheEvents(self),
             prepared=self.prepared,
             overhead=lambda: self.metrics.bookkeeping_bytes,
+            shared=SharedGraphs(threads=self.options.ort_threads) if self.options.share_graphs else None,
         )
         self._trimmed_at = 0
         self._executor = ThreadPoolExecutor(self.options.run_threads, thread_name_prefix="modelfab-run")
@@ -162,6 +164,9 @@ class InferenceService:
                 continue
             ticks = 0
             self.cache.sweep(self.options.idle_ttl_s)
+            if self.cache.shared is not None:
+                self.metrics.shared_graphs.set(len(self.cache.shared))
+                self.metrics.shared_graph_bytes.set(self.cache.shared.resident_bytes)
             if self.cache.drops != self._trimmed_at:
                 # Sessions of evicted models free many small blocks that glibc keeps; hand them back (in a
                 # thread: a trim of a large heap takes milliseconds, and it drops the GIL).
