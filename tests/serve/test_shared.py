@@ -4,6 +4,7 @@ session computes."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +16,9 @@ from serve_helpers import FakeSource, MakeServer, digits_mlp, doubler_model, tab
 
 from modelfab.errors import InvalidInputError
 from modelfab.serve.cache import ModelCache
+from modelfab.serve.options import ServeOptions
 from modelfab.serve.runtime import OnnxModel
+from modelfab.serve.service import InferenceService
 from modelfab.serve.shared import MODEL_OVERHEAD_BYTES, SharedGraphs, split_weights
 
 
@@ -189,3 +192,28 @@ def test_own_session_when_sharing_is_off(mlps: list[bytes]) -> None:
     model = OnnxModel("m", 1, mlps[0])
     assert model.shared_key is None
     assert model.resident_bytes > len(mlps[0])
+
+
+def test_no_shared_graphs_gives_every_model_its_own_session(source: FakeSource, tmp_path: Path) -> None:
+    service = InferenceService(source, ServeOptions(share_graphs=False), home=tmp_path)
+
+    async def scenario() -> None:
+        async with service.cache.use(source.resolve("digits", None)) as model:
+            assert model.shared_key is None
+        await service.stop()
+
+    assert service.cache.shared is None
+    asyncio.run(scenario())
+
+
+def test_the_cli_passes_no_shared_graphs_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import modelfab.serve
+    from modelfab.cli.main import app
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(modelfab.serve, "run_server", lambda *a, **kw: seen.update(kw))
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--no-shared-graphs"])
+    assert result.exit_code == 0, result.output
+    assert seen["share_graphs"] is False

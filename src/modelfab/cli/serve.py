@@ -26,6 +26,10 @@ def serve(
     ] = 600.0,
     log_sample_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of predictions logged.")] = 1.0,
     pin: Annotated[list[str] | None, typer.Option(help="Model to keep loaded (repeatable).")] = None,
+    shared_graphs: Annotated[
+        bool,
+        typer.Option(help="Small models that differ only in their weights share one ONNX Runtime session."),
+    ] = True,
 ) -> None:
     """Serve the workspace's models: lazy loading, LRU by bytes, adaptive batching, elastic workers."""
     from modelfab.errors import ConfigError
@@ -48,4 +52,5 @@ def serve(
         idle_ttl_s=idle_ttl,
         log_sample_rate=log_sample_rate,
         pinned=tuple(pin or ()),
+        share_graphs=shared_graphs,
     )
