@@ -8,7 +8,9 @@ virtualenv at bench/out/peers has them (``python -m venv bench/out/peers && benc
 litserve 'ray[serve]' onnxruntime numpy``); a missing peer is skipped with the reason. ``modelfab xN`` is
 compared with the Starlette peer run as N processes sharing the port (and, for many models, the same total of
 200 resident sessions). The 1,000 many-models artifacts are distinct (see ``serve_models.variants``). Load
-comes from a separate process (bench/serve_load.py: keep-alive HTTP/1.1 on asyncio), OIP v2 JSON bodies.
+comes from a separate process, OIP v2 JSON bodies over keep-alive HTTP/1.1: wrk with bench/wrk_oip.lua where
+wrk is installed (``apt-get install wrk``; one thread, so the server keeps a core), else bench/serve_load.py
+(asyncio, which needs most of a core itself and caps what a fast server can show).
 The density benchmark (10,000 models in a real workspace) is bench/serve_density.py.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,7 +78,38 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+LOADER = "wrk" if shutil.which("wrk") else "python"
+
+
 def load(port: int, paths: list[str], body_file: Path, conns: int, seconds: float) -> dict[str, float]:
+    """Load from a separate process: wrk (C, one thread: it leaves the other core to the server) where
+    it is installed, else bench/serve_load.py (asyncio). Both print the same JSON line."""
+    if LOADER == "wrk":
+        lines = OUT / "paths.txt"
+        lines.write_text("\n".join(paths) + "\n")
+        # A short warm-up first, like serve_load.py's (connections, first loads), then the measured run.
+        for secs in (min(2.0, seconds), seconds):
+            out = subprocess.run(
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{conns}",
+                    f"-d{max(1, round(secs))}s",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(HERE / "wrk_oip.lua"),
+                    f"http://127.0.0.1:{port}",
+                    "--",
+                    str(lines),
+                    str(body_file),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
     paths_file = OUT / "paths.json"
     paths_file.write_text(json.dumps(paths))
     out = subprocess.run(
@@ -97,8 +131,8 @@ def load(port: int, paths: list[str], body_file: Path, conns: int, seconds: floa
         capture_output=True,
         text=True,
     )
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    loaded: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return loaded
 
 
 def modelfab_cmd(port: int, home: Path, workers: int, memory: str) -> tuple[list[str], dict[str, str]]:
@@ -192,7 +226,10 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--only", default="tiny,heavy,many")
     ap.add_argument("--peers", default="litserve,ray", help="optional peers to run (comma list, or 'none')")
+    ap.add_argument("--loader", choices=["wrk", "python"], default=None, help="load generator")
     args = ap.parse_args()
+    global LOADER
+    LOADER = args.loader or LOADER
     OUT.mkdir(parents=True, exist_ok=True)
     home = OUT / "home"
     registry = home / "bench_registry"
