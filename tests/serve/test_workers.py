@@ -87,3 +87,49 @@ def test_killed_worker_is_restarted_and_predictions_survive(source: FakeSource, 
     missing = [i for i in answered if i not in logged]
     assert not missing, f"{len(missing)} answered predictions are not in the log"
     assert all("Traceback" not in f for f in failures)
+
+
+class _DeadProcess:
+    pid = 4242
+    exitcode = 255
+    sentinel = -1
+
+    def is_alive(self) -> bool:
+        return False
+
+
+class _GoneForkserver:
+    def Process(self, **_: object) -> object:  # multiprocessing's name
+        class _Unstartable:
+            def start(self) -> None:
+                raise EOFError("unexpected EOF")
+
+        return _Unstartable()
+
+
+def test_supervisor_stops_when_its_forkserver_is_gone() -> None:
+    from modelfab.serve.supervisor import Supervisor, WorkerSpec
+
+    spec = WorkerSpec(
+        settings=None, host="127.0.0.1", port=0, grpc_port=None, options=None, source_factory="x:y"
+    )
+    sup = Supervisor(spec, 1)
+    sup._procs[0] = _DeadProcess()
+    sup._ctx = _GoneForkserver()  # type: ignore[assignment]
+    sup._restart_dead()  # a worker died and none can be started: stop, do not crash
+    assert sup._stop
+    assert sup._procs == {}
+
+
+def test_supervisor_does_not_restart_workers_while_stopping() -> None:
+    from modelfab.serve.supervisor import Supervisor, WorkerSpec
+
+    spec = WorkerSpec(
+        settings=None, host="127.0.0.1", port=0, grpc_port=None, options=None, source_factory="x:y"
+    )
+    sup = Supervisor(spec, 1)
+    dead = _DeadProcess()
+    sup._procs[0] = dead
+    sup.stop()
+    sup._restart_dead()
+    assert sup._procs[0] is dead  # left for the shutdown, not replaced

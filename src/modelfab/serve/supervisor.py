@@ -121,6 +121,8 @@ class Supervisor:
         for index, proc in list(self._procs.items()):
             if proc.is_alive():
                 continue
+            if self._stop:  # stopping: a worker that exits first (one signal to the group) stays down
+                return
             lived = time.monotonic() - self._started.get(index, 0.0)
             log.warning(
                 "worker %d (pid %s) exited with code %s after %.1fs; restarting",
@@ -135,7 +137,13 @@ class Supervisor:
             self._fast_failures[index] = fails
             if fails > 2:  # crash loop: back off instead of spinning
                 time.sleep(min(5.0, 0.25 * 2 ** (fails - 3)))
-            self._start(index)
+            try:
+                self._start(index)
+            except (EOFError, OSError) as exc:  # the forkserver is gone (killed with its process group)
+                log.error("cannot start a worker (%s: %s); stopping the server", type(exc).__name__, exc)
+                self._procs.pop(index, None)
+                self._stop = True
+                return
             changed = True
             if self.on_worker_exit is not None:
                 self.on_worker_exit(index)
