@@ -10,12 +10,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from serve_helpers import ROOT, FakeSource, dump_source, free_port, wait_for
 
 from modelfab.serve.predlog import read_predictions
+
+if TYPE_CHECKING:
+    from modelfab.serve.supervisor import Supervisor
 
 pytestmark = pytest.mark.slow
 
@@ -107,13 +111,17 @@ class _GoneForkserver:
         return _Unstartable()
 
 
-def test_supervisor_stops_when_its_forkserver_is_gone() -> None:
+def _supervisor() -> Supervisor:
     from modelfab.serve.supervisor import Supervisor, WorkerSpec
 
     spec = WorkerSpec(
         settings=None, host="127.0.0.1", port=0, grpc_port=None, options=None, source_factory="x:y"
     )
-    sup = Supervisor(spec, 1)
+    return Supervisor(spec, 1)
+
+
+def test_supervisor_stops_when_its_forkserver_is_gone() -> None:
+    sup = _supervisor()
     sup._procs[0] = _DeadProcess()
     sup._ctx = _GoneForkserver()  # type: ignore[assignment]
     sup._restart_dead()  # a worker died and none can be started: stop, do not crash
@@ -122,12 +130,7 @@ def test_supervisor_stops_when_its_forkserver_is_gone() -> None:
 
 
 def test_supervisor_does_not_restart_workers_while_stopping() -> None:
-    from modelfab.serve.supervisor import Supervisor, WorkerSpec
-
-    spec = WorkerSpec(
-        settings=None, host="127.0.0.1", port=0, grpc_port=None, options=None, source_factory="x:y"
-    )
-    sup = Supervisor(spec, 1)
+    sup = _supervisor()
     dead = _DeadProcess()
     sup._procs[0] = dead
     sup.stop()

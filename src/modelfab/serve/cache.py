@@ -357,7 +357,7 @@ class ModelCache:
 
     def _discard(self, model: OnnxModel) -> None:
         if model.shared_key is not None and self.shared is not None:
-            self.shared.release((model,))
+            self.shared.release(model)
 
     # -- management ------------------------------------------------------------------------------------
     async def load(self, info: VersionInfo, *, pin: bool = True) -> None:

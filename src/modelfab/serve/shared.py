@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,13 +186,12 @@ class SharedGraphs:
         size = sum(a.nbytes for a in split.weights.values()) + MODEL_OVERHEAD_BYTES
         return graph.model.with_weights(name, version, split.weights, size, split.key)
 
-    def release(self, models: Iterable[OnnxModel]) -> None:
-        """``models`` were dropped; a graph no model uses is kept a while (the next load may need it)."""
-        for model in models:
-            graph = self._graphs.get(model.shared_key or "")
-            if graph is not None:
-                graph.users -= 1
-        self._trim(self._keep_idle)
+    def release(self, model: OnnxModel) -> None:
+        """``model`` was dropped; a graph no model uses is kept a while (the next load may need it)."""
+        graph = self._graphs.get(model.shared_key or "")
+        if graph is not None:
+            graph.users -= 1
+            self._trim(self._keep_idle)
 
     def drop_idle(self) -> int:
         """Drop every graph no loaded model uses; returns the bytes freed."""
