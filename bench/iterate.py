@@ -27,12 +27,12 @@ def main() -> None:
     ap.add_argument("--database-url", default=None)
     args = ap.parse_args()
 
-    from modelfab.iterate.feedback import FeedbackItem, FeedbackStore
     from modelfab.iterate.monitor import watch_versions
-    from modelfab.iterate.predindex import PredictionIndex
-    from modelfab.serve.predlog import PredictionLog
     from modelfab.settings import Settings
     from modelfab.store import JobOutcome, Workspace
+    from modelfab.traffic.feedback import FeedbackItem, FeedbackStore
+    from modelfab.traffic.index import PredictionIndex
+    from modelfab.traffic.predlog import PredictionLog
 
     home = Path(tempfile.mkdtemp(prefix="modelfab-bench-iterate-"))
     ws = Workspace.open(Settings(home=home, database_url=args.database_url))

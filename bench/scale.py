@@ -68,7 +68,7 @@ def bench_alias(moves: int, server_url: str) -> None:
     import sqlalchemy as sa
 
     from modelfab import Settings, Workspace, import_dataset, parse_recipe, produce
-    from modelfab.cli.demo_server import ServerProcess, free_port, serve_args
+    from modelfab.demo.server import ServerProcess, free_port, serve_args
 
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(server_url)

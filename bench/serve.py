@@ -173,8 +173,8 @@ def budget_for(blobs: list[bytes], resident: int) -> int:
     architecture) after serving each of them: per-model bookkeeping for all, the shared graph, and the
     weights of ``resident`` models, as the server charges them."""
     from modelfab.serve.metrics import MODEL_BOOKKEEPING_BYTES
-    from modelfab.serve.runtime import session_overhead_bytes
-    from modelfab.serve.shared import MODEL_OVERHEAD_BYTES, split_weights
+    from modelfab.serve.models.runtime import session_overhead_bytes
+    from modelfab.serve.models.shared import MODEL_OVERHEAD_BYTES, split_weights
 
     split = split_weights(blobs[0])
     assert split is not None, "the many-models MLPs share a graph"
@@ -278,9 +278,9 @@ def main() -> None:
                 )
         elif scenario == "many":
             paths = [f"/v2/models/{n}/infer" for n in many]
-            # The issue's setup: a budget that holds about 200 of the models, as modelfab counts them (a
-            # model on a shared graph holds its weights, not a session: see serve/shared.py). The resident
-            # count is read back from /metrics after the run.
+            # The issue's setup: a budget that holds about 200 of the models, as modelfab counts them
+            # (a model on a shared graph holds its weights, not a session: see serve/models/shared.py).
+            # The resident count is read back from /metrics after the run.
             budget = str(budget_for(list(many.values()), 200))
             # And the byte budget that holds 200 models of the Starlette peer (a session each): the
             # memory a plain LRU-200 needs, given to modelfab.

@@ -92,7 +92,7 @@ def rss_bytes(pids: list[int]) -> int:
 
 
 def main() -> None:
-    from modelfab.serve.options import parse_bytes
+    from modelfab.units import parse_bytes
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", type=int, default=10_000)

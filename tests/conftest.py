@@ -23,11 +23,30 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(var)
 
 
+_PG_DOWN: list[str] = []  # why PostgreSQL cannot be reached, once known
+
+
+def _require_postgres(admin: sa.Engine) -> None:
+    """Skip (or, with MODELFAB_TEST_REQUIRE_POSTGRES=1 as CI sets it, fail) when no server answers."""
+    if not _PG_DOWN:
+        try:
+            with admin.connect():
+                _PG_DOWN.append("")
+        except sa.exc.OperationalError as exc:
+            _PG_DOWN.append(str(exc).splitlines()[0])
+    if _PG_DOWN[0]:
+        why = f"no PostgreSQL at {admin.url.render_as_string()} ({_PG_DOWN[0]}); set MODELFAB_TEST_POSTGRES"
+        if os.environ.get("MODELFAB_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
     schema = f"mf_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(PG_SERVER)
+    _require_postgres(admin)
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:

@@ -147,7 +147,7 @@ class IterateSpec(_Strict):
         """The oldest prediction time the windows may use (``window_time``), or None for no limit."""
         if self.window_time is None:
             return None
-        from modelfab.iterate.policy import parse_duration
+        from modelfab.units import parse_duration
 
         return now - parse_duration(self.window_time)
 

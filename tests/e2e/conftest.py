@@ -14,9 +14,9 @@ import orjson
 import pandas as pd
 import pytest
 
-from modelfab.cli.demo_server import ServerProcess, free_port, serve_args
 from modelfab.data import import_dataset
-from modelfab.data.synth import churn_frame
+from modelfab.demo.server import ServerProcess, free_port, serve_args
+from modelfab.demo.synth import churn_frame
 from modelfab.factory import produce
 from modelfab.recipe import Recipe, parse_recipe
 from modelfab.settings import Settings

@@ -7,11 +7,11 @@ from pathlib import Path
 import httpx
 import orjson
 
-from modelfab.cli.demo_server import ServerProcess
+from modelfab.demo.server import ServerProcess
 from modelfab.iterate.window import labelled_rows
-from modelfab.serve.predlog import read_predictions
 from modelfab.settings import Settings
 from modelfab.store import Workspace
+from modelfab.traffic.predlog import read_predictions
 from tests.e2e.conftest import complete_rows, infer_json, start_server
 
 MODEL = "churn.site-000"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from modelfab.cli.demo_server import ServerProcess
-from modelfab.iterate.demo import format_decision, loop_demo
+from modelfab.demo.loop import format_decision, loop_demo
+from modelfab.demo.server import ServerProcess
 from modelfab.store import Workspace
 from tests.e2e.conftest import ROWS, SEED, SITES, recipe
 from tests.serve.serve_helpers import wait_for

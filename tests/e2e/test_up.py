@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from modelfab.cli.demo_server import ServerProcess, free_port
+from modelfab.demo.server import ServerProcess, free_port
 
 
 def group_alive(pgid: int) -> bool:

@@ -15,16 +15,16 @@ import pandas as pd
 import pytest
 
 from modelfab.data import import_dataset
-from modelfab.data.synth import churn_frame
+from modelfab.demo.synth import churn_frame
 from modelfab.factory import produce
 from modelfab.factory.export import feeds_for
-from modelfab.iterate.feedback import FeedbackItem, FeedbackStore
-from modelfab.iterate.predindex import PredictionIndex
-from modelfab.iterate.routing import Router
 from modelfab.recipe import Recipe, parse_recipe
-from modelfab.serve.predlog import PredictionLog, new_prediction_id
 from modelfab.settings import Settings
 from modelfab.store import Workspace
+from modelfab.traffic.feedback import FeedbackItem, FeedbackStore
+from modelfab.traffic.index import PredictionIndex
+from modelfab.traffic.predlog import PredictionLog, new_prediction_id
+from modelfab.traffic.routing import Router
 
 SITES = 3
 ROWS = 700

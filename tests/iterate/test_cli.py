@@ -11,9 +11,9 @@ import typer
 from typer.testing import CliRunner
 
 from modelfab.cli import iterate as commands
-from modelfab.iterate.predindex import PredictionIndex
 from modelfab.store import Workspace
 from modelfab.store import schema as t
+from modelfab.traffic.index import PredictionIndex
 from tests.cli.test_cli import run
 from tests.iterate.conftest import RECIPE, Traffic, site_frame
 

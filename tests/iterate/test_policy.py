@@ -8,10 +8,10 @@ from modelfab.iterate.policy import (
     WatchEvidence,
     canary_verdict,
     gate_verdict,
-    parse_duration,
     watch_verdict,
 )
 from modelfab.recipe import IterateSpec
+from modelfab.units import parse_duration
 
 SPEC = IterateSpec.model_validate(
     {

@@ -8,10 +8,10 @@ import pytest
 
 from modelfab.errors import RecipeError
 from modelfab.iterate.monitor import watch_versions
-from modelfab.iterate.predindex import PredictionIndex
 from modelfab.iterate.window import labelled_rows, recent_rows
 from modelfab.recipe import parse_recipe
 from modelfab.store import Workspace
+from modelfab.traffic.index import PredictionIndex
 from tests.iterate.conftest import Traffic, make_recipe, site_frame
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from modelfab.serve.source import WorkspaceSource
+from modelfab.serve.models.source import WorkspaceSource
 from modelfab.settings import Settings
 from modelfab.store import Workspace
 from tests.store.test_registry import make_run, outcome

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from modelfab.data import import_dataset
-from modelfab.data.synth import churn_frame
+from modelfab.demo.synth import churn_frame
 from modelfab.factory import produce
 from modelfab.iterate.decisions import DecisionLog
 from modelfab.settings import Settings

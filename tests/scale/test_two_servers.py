@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelfab.cli.demo_server import ServerProcess, free_port, serve_args
 from modelfab.data import import_dataset
+from modelfab.demo.server import ServerProcess, free_port, serve_args
 from modelfab.factory import produce
 from modelfab.recipe import parse_recipe
 from modelfab.settings import Settings

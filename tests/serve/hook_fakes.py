@@ -1,4 +1,4 @@
-"""Stand-ins for the iteration loop's hooks, loaded by ``module:function`` like the real ones."""
+"""Stand-ins for the server's plug-ins (routing, extra routes, extra metrics), passed as ServeOptions."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from modelfab.errors import IntegrityError, NotFoundError
 from modelfab.serve.service import InferenceService
-from modelfab.serve.worker import Worker
+from modelfab.serve.workers.worker import Worker
 
 ALL_TYPES = {
     "BOOL": 9,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
+import hook_fakes
 import httpx
 import numpy as np
 import pytest
@@ -13,14 +13,13 @@ from hook_fakes import ROUTERS, FakeRouter
 from serve_helpers import FakeSource, MakeServer, wait_for
 
 from modelfab.errors import NotFoundError
-from modelfab.serve.hooks import load_hook
+from modelfab.serve.models.source import CachedSource, Lookup
 from modelfab.serve.options import ServeOptions
-from modelfab.serve.predlog import read_predictions
-from modelfab.serve.source import CachedSource, Lookup
+from modelfab.traffic.predlog import read_predictions
 
 ROW = np.linspace(0, 1, 64, dtype=np.float32).tolist()
 BODY = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": ROW}]}
-ROUTED = ServeOptions(router_factory="hook_fakes:make_router", extra_routes="hook_fakes:routes")
+ROUTED = ServeOptions(router_factory=hook_fakes.make_router, extra_routes=hook_fakes.routes)
 
 
 def _infer(url: str, path: str = "/v2/models/digits/infer", **kw: Any) -> httpx.Response:
@@ -79,17 +78,18 @@ def test_shadow_version_scores_for_the_log_only(make_server: MakeServer, tmp_pat
     assert by_flag[True]["outputs"].keys() == by_flag[False]["outputs"].keys()
 
 
-def test_a_router_that_fails_to_load_leaves_routing_off(make_server: MakeServer) -> None:
-    server = make_server(ServeOptions(router_factory="hook_fakes:broken_router"), grpc=False)
-    assert server.service.router is None
+def test_a_router_that_fails_to_start_stops_the_service_with_its_error(make_server: MakeServer) -> None:
+    # Before, a failing hook was logged and the server ran on without canary routing: a canary the loop
+    # started then silently served nobody. Now the worker does not start, and the supervisor says why.
+    with pytest.raises(RuntimeError, match="no database here"):
+        make_server(ServeOptions(router_factory=hook_fakes.broken_router), grpc=False)
+
+
+def test_no_plugins_mean_plain_serving(make_server: MakeServer) -> None:
+    server = make_server(ServeOptions(router_factory=None, extra_routes=None, extra_metrics=None), grpc=False)
+    assert server.service.router is None and server.service.extra_routes == []
     assert _infer(server.url, headers={"X-Request-Key": "canary-1"}).json()["model_version"] == "1"
-
-
-def test_missing_hook_modules_mean_no_hooks() -> None:
-    assert load_hook("modelfab_no_such_module.routing:make_router", None) is None
-    assert load_hook(None, None) is None
-    with pytest.raises(AttributeError):
-        load_hook("hook_fakes:no_such_function", None)
+    assert httpx.post(f"http://{server.url}/v2/feedback", content=b"{}").status_code == 404
 
 
 def test_extra_routes_are_mounted_with_oip_errors(make_server: MakeServer) -> None:
@@ -102,15 +102,14 @@ def test_extra_routes_are_mounted_with_oip_errors(make_server: MakeServer) -> No
     assert bad.json() == {"error": "feedback body must be a JSON object"}
 
 
-def test_an_alias_move_reaches_a_running_server_within_a_second(
+def test_an_alias_move_reaches_a_running_server(
     make_server: MakeServer, source: FakeSource, onnx_models: dict[str, bytes]
 ) -> None:
     server = make_server(grpc=False)
     assert _infer(server.url).json()["model_version"] == "1"
     source.add("digits", onnx_models["digits2"])  # version 3 becomes champion
-    moved = time.monotonic()
-    wait_for(lambda: _infer(server.url).json()["model_version"] == "3", 5, "the new champion")
-    assert time.monotonic() - moved < 2.0  # TTL 0.5 s; slack for a loaded 2-core machine
+    # How fast it arrives (about the 0.5 s lookup TTL) is bench/scale.py's to show, not a test's.
+    wait_for(lambda: _infer(server.url).json()["model_version"] == "3", 30, "the new champion")
 
 
 class _Watched:
@@ -175,12 +174,12 @@ def test_prewarm_resolves_every_champion_from_one_index_read(source: FakeSource)
 def test_extra_metrics_join_the_servers_own_and_a_failure_does_not_break_them(
     make_server: MakeServer,
 ) -> None:
-    server = make_server(ServeOptions(extra_metrics="hook_fakes:metrics"), grpc=False)
+    server = make_server(ServeOptions(extra_metrics=hook_fakes.metrics), grpc=False)
     _infer(server.url)
     text = httpx.get(f"http://{server.url}/metrics").text
     assert 'modelfab_online_metric{model="digits",version="1"} 0.5' in text
     assert "modelfab_requests_total" in text
-    broken = make_server(ServeOptions(extra_metrics="hook_fakes:broken_metrics"), grpc=False)
+    broken = make_server(ServeOptions(extra_metrics=hook_fakes.broken_metrics), grpc=False)
     reply = httpx.get(f"http://{broken.url}/metrics")
     assert reply.status_code == 200 and "modelfab_online_metric" not in reply.text
 

@@ -10,7 +10,7 @@ import numpy as np
 from serve_helpers import MakeServer
 
 from modelfab.serve.options import ServeOptions
-from modelfab.serve.predlog import PredictionLog, new_prediction_id, read_predictions
+from modelfab.traffic.predlog import PredictionLog, new_prediction_id, read_predictions
 
 
 def test_ids_are_unique_and_time_ordered() -> None:

@@ -68,8 +68,8 @@ def feedback(
     json_out: JsonOpt = False,
 ) -> None:
     """Load true outcomes for logged predictions in bulk."""
-    from modelfab.iterate.feedback import FeedbackStore, read_feedback_csv
-    from modelfab.iterate.predindex import PredictionIndex
+    from modelfab.traffic.feedback import FeedbackStore, read_feedback_csv
+    from modelfab.traffic.index import PredictionIndex
 
     items = read_feedback_csv(file)
     ws = open_workspace()
@@ -103,8 +103,8 @@ def monitor(
     """Online metric, input drift (PSI per feature) and prediction drift of a model's live versions."""
     from modelfab.iterate.decisions import DecisionLog
     from modelfab.iterate.monitor import watch_versions
-    from modelfab.iterate.predindex import PredictionIndex
     from modelfab.recipe import IterateSpec
+    from modelfab.traffic.index import PredictionIndex
 
     ws = open_workspace()
     champion = ws.registry.get_version(name)
@@ -283,8 +283,8 @@ def up(
     import sys
     import threading
 
-    from modelfab.cli.demo_server import wait_until_ready
     from modelfab.iterate.loop import IterationLoop
+    from modelfab.serve.ready import wait_until_ready
 
     ws = open_workspace()
     recipes = _recipes(recipe, ws)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from modelfab.compute.base import Executor, make_executor
+from modelfab.compute.base import Executor
 from modelfab.compute.local import LocalExecutor
+from modelfab.compute.select import make_executor
 
 __all__ = ["Executor", "LocalExecutor", "make_executor"]

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from modelfab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from modelfab.recipe import Resources
-
-__all__ = ["Executor", "Slots", "make_executor"]
+__all__ = ["Executor", "Slots"]
 
 R = TypeVar("R")
 
@@ -44,20 +39,3 @@ class Executor(Protocol):
     def shutdown(self, cancel: bool = False) -> None:
         """Stop; with ``cancel`` drop queued items and stop running ones now."""
         ...
-
-
-def make_executor(
-    kind: str, workers: int | None = None, *, address: str | None = None, resources: Resources | None = None
-) -> Executor:
-    """``local`` (process pool, the default) or ``ray`` (a Ray cluster at ``address``, or a local one)."""
-    if kind == "local":
-        from modelfab.compute.local import LocalExecutor
-
-        return LocalExecutor(workers)
-    if kind == "ray":
-        from modelfab.compute.ray import RayExecutor
-
-        return RayExecutor(workers, address=address, resources=resources)
-    raise ConfigError(
-        f"unknown executor {kind!r}; use 'local' or 'ray' (set with --executor or MODELFAB_EXECUTOR)"
-    )

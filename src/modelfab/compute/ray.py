@@ -94,7 +94,7 @@ class RayExecutor:
             if resources.gpus:
                 options["num_gpus"] = resources.gpus
             if resources.memory:
-                from modelfab.serve.options import parse_bytes
+                from modelfab.units import parse_bytes
 
                 options["memory"] = parse_bytes(resources.memory)
         self._task = ray.remote(**options)(_call_many)

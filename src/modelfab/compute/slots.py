@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from modelfab.errors import ConfigError
 from modelfab.store import schema as t
 from modelfab.store.db import write_tx
+from modelfab.store.sqlutil import aware, serialize
 
 __all__ = ["PRIORITIES", "Claim", "RunSlots", "grant", "set_tenant_quota", "tenant_quota"]
 
@@ -60,10 +61,6 @@ def check_priority(priority: str) -> int:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class RunSlots:
@@ -141,7 +138,7 @@ class RunSlots:
         ts = _now()
         wanted = min(self.workers, in_flight + max(0, self.unsubmitted))
         with write_tx(self.engine) as conn:
-            _serialize(conn, self.tenant)
+            serialize(conn, "slots", self.tenant)
             cap = _quota(conn, self.tenant)
             rows = conn.execute(
                 sa.select(c.c.driver, c.c.priority, c.c.wanted, c.c.claimed, c.c.heartbeat_at).where(
@@ -149,7 +146,7 @@ class RunSlots:
                 )
             ).all()
             stale = ts - timedelta(seconds=LEASE_S)
-            dead = [r.driver for r in rows if r.driver != self.driver and _aware(r.heartbeat_at) < stale]
+            dead = [r.driver for r in rows if r.driver != self.driver and aware(r.heartbeat_at) < stale]
             others = [
                 Claim(PRIORITIES.get(r.priority, 1), r.wanted, r.claimed)
                 for r in rows
@@ -198,14 +195,6 @@ class RunSlots:
         self._started.clear()
 
 
-def _serialize(conn: Connection, tenant: str) -> None:
-    # SQLite's BEGIN IMMEDIATE already admits one writer; PostgreSQL needs the tenant's claims in turn.
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"slots|{tenant}"}
-        )
-
-
 def _quota(conn: Connection, tenant: str) -> int | None:
     q = t.tenant_quotas
     found = conn.execute(sa.select(q.c.max_jobs).where(q.c.tenant == tenant)).scalar()
@@ -225,7 +214,7 @@ def set_tenant_quota(engine: Engine, tenant: str, max_jobs: int | None) -> None:
         raise ConfigError(f"max jobs must be at least 1 (got {max_jobs}); use --clear to remove the cap")
     q = t.tenant_quotas
     with write_tx(engine) as conn:
-        _serialize(conn, tenant)
+        serialize(conn, "slots", tenant)
         conn.execute(sa.delete(q).where(q.c.tenant == tenant))
         if max_jobs is not None:
             conn.execute(sa.insert(q).values(tenant=tenant, max_jobs=max_jobs, updated_at=_now()))
@@ -238,7 +227,7 @@ def live_claims(engine: Engine, tenant: str) -> Mapping[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     with engine.connect() as conn:
         for r in conn.execute(sa.select(c).where(c.c.tenant == tenant)):
-            if _aware(r.heartbeat_at) >= stale:
+            if aware(r.heartbeat_at) >= stale:
                 w, h = out.get(r.run_id, (0, 0))
                 out[r.run_id] = (w + r.wanted, h + r.claimed)
     return out

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from modelfab.compute.base import Executor, make_executor
+from modelfab.compute.base import Executor
+from modelfab.compute.select import make_executor
 from modelfab.compute.slots import RunSlots, check_priority
 from modelfab.errors import ModelfabError
 from modelfab.factory.evaluate import apply_gate

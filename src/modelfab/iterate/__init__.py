@@ -1,7 +1,6 @@
-"""The iteration loop: feedback, watching (metrics and drift), policies, retraining, trials, decisions.
+"""The iteration loop: watching (metrics and drift), policies, retraining, trials, decisions.
 
-Heavy modules load only when used; the server imports :mod:`modelfab.iterate.http` and
-:mod:`modelfab.iterate.routing` directly.
+It reads predictions and outcomes from :mod:`modelfab.traffic` and never imports the server.
 """
 
 from __future__ import annotations
@@ -12,17 +11,13 @@ from modelfab._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from modelfab.iterate.decisions import DecisionLog
-    from modelfab.iterate.demo import run_loop_demo
-    from modelfab.iterate.feedback import FeedbackStore
     from modelfab.iterate.loop import IterationLoop
 
-__all__ = ["DecisionLog", "FeedbackStore", "IterationLoop", "run_loop_demo"]
+__all__ = ["DecisionLog", "IterationLoop"]
 
 _WHERE = {
     "DecisionLog": "modelfab.iterate.decisions",
-    "FeedbackStore": "modelfab.iterate.feedback",
     "IterationLoop": "modelfab.iterate.loop",
-    "run_loop_demo": "modelfab.iterate.demo",
 }
 
 

@@ -19,22 +19,18 @@ from modelfab.errors import ConflictError, NotFoundError
 from modelfab.store import Registry
 from modelfab.store import schema as t
 from modelfab.store.db import write_tx
+from modelfab.store.registry import CHAMPION
+from modelfab.store.sqlutil import aware
 
 __all__ = [
     "CHALLENGER",
-    "CHAMPION",
     "DecisionLog",
     "DecisionRecord",
     "Deployment",
 ]
 
-CHAMPION = "champion"
 CHALLENGER = "challenger"
 LOOP = "loop"
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -344,7 +340,7 @@ def _record(r: Any) -> DecisionRecord:
     return DecisionRecord(
         id=r.id,
         name=r.name,
-        time=_aware(r.created_at),
+        time=aware(r.created_at),
         action=r.action,
         trigger=r.trigger,
         version=r.version,
@@ -357,4 +353,4 @@ def _record(r: Any) -> DecisionRecord:
 
 
 def _deployment(r: Any) -> Deployment:
-    return Deployment(r.name, r.mode, int(r.version), r.champion, float(r.share), _aware(r.started_at))
+    return Deployment(r.name, r.mode, int(r.version), r.champion, float(r.share), aware(r.started_at))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelfab.iterate.decisions import CHALLENGER, CHAMPION, DecisionLog, DecisionRecord, Deployment
+from modelfab.iterate.decisions import CHALLENGER, DecisionLog, DecisionRecord, Deployment
 from modelfab.iterate.leader import Leadership
 from modelfab.iterate.monitor import ProfileCache, VersionReport, online_metric, watch_versions
 from modelfab.iterate.policy import (
@@ -21,15 +21,16 @@ from modelfab.iterate.policy import (
     WatchEvidence,
     canary_verdict,
     gate_verdict,
-    parse_duration,
     watch_verdict,
 )
-from modelfab.iterate.predindex import PredictionIndex
 from modelfab.iterate.retrain import build_dataset, judge_mask, offline_metric, traffic_frame
-from modelfab.iterate.snapshots import save_snapshots
 from modelfab.iterate.window import labelled_rows, trial_rows
 from modelfab.recipe import IterateSpec, Recipe
 from modelfab.store import ModelVersion, Workspace
+from modelfab.store.registry import CHAMPION
+from modelfab.traffic.index import PredictionIndex
+from modelfab.traffic.watch import save_snapshots
+from modelfab.units import parse_duration
 
 __all__ = ["IterationLoop", "PassReport"]
 

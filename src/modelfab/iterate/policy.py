@@ -5,7 +5,6 @@ Nothing here reads a database or a clock; the loop gathers the evidence and reco
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,20 +18,10 @@ __all__ = [
     "canary_verdict",
     "fired_trigger",
     "gate_verdict",
-    "parse_duration",
     "watch_verdict",
 ]
 
 ACTIONS = ("retrain", "reject", "canary", "promote", "rollback", "hold")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``0s``, ``90s``, ``15m``, ``2h``, ``1d``."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text.strip())
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration such as 0s, 90s, 15m, 2h or 1d")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)

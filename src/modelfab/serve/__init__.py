@@ -1,5 +1,8 @@
 """The elastic inference server: every registered model behind Open Inference Protocol v2.
 
+``service.py`` is the request path (resolve -> acquire -> run); ``transport/`` speaks the protocols,
+``models/`` loads, keeps and batches models, ``workers/`` runs processes, ``metrics.py`` counts.
+
 Heavy modules (onnxruntime, uvicorn, grpc) load only when a server is built or run.
 """
 
@@ -11,16 +14,15 @@ from modelfab._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from modelfab.serve.options import ServeOptions
-    from modelfab.serve.predlog import read_predictions
     from modelfab.serve.server import run_server
+    from modelfab.traffic.predlog import read_predictions
 
-__all__ = ["ServeOptions", "read_predictions", "run_server", "send_demo_traffic"]
+__all__ = ["ServeOptions", "read_predictions", "run_server"]
 
 _WHERE = {
     "ServeOptions": "modelfab.serve.options",
-    "read_predictions": "modelfab.serve.predlog",
+    "read_predictions": "modelfab.traffic.predlog",
     "run_server": "modelfab.serve.server",
-    "send_demo_traffic": "modelfab.serve.demo",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from modelfab.serve.cache import CacheEvents
+from modelfab.serve.models.cache import CacheEvents
 
 __all__ = [
     "CONTENT_TYPE",

@@ -2,41 +2,36 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from modelfab.errors import ConfigError
-from modelfab.serve.hooks import DEFAULT_EXTRA_METRICS, DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
+__all__ = ["Plugin", "ServeOptions", "default_metrics", "default_router", "default_routes"]
 
-__all__ = ["ServeOptions", "parse_bytes"]
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    "t": 10**12,
-    "tb": 10**12,
-}
+# What the server plugs in from the rest of modelfab, each called once per worker with the server's
+# Settings. Imported lazily by the callables below so that reading options imports no database code.
+Plugin = Callable[[Any], Any]
 
 
-def parse_bytes(text: str | int) -> int:
-    """``512MiB``, ``2GB``, ``1048576`` → bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    unit = m.group(2).lower() if m else ""
-    if m is None or unit not in _UNITS:
-        raise ConfigError(f"cannot read {text!r} as a size: write e.g. 512MiB, 2GiB or 1000000")
-    return int(float(m.group(1)) * _UNITS[unit])
+def default_router(settings: Any) -> Any:
+    """Canary and shadow routing from the registry's deployments table."""
+    from modelfab.traffic.routing import make_router
+
+    return make_router(settings)
+
+
+def default_routes(settings: Any) -> Any:
+    """``POST /v2/feedback``."""
+    from modelfab.serve.transport.feedback import routes
+
+    return routes(settings)
+
+
+def default_metrics(settings: Any) -> Any:
+    """The loop's online metric and drift per live version, for ``/metrics``."""
+    from modelfab.traffic.watch import metrics_text
+
+    return metrics_text(settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +54,14 @@ class ServeOptions:
     ort_threads: int = 1
     run_threads: int = 1
     pinned: tuple[str, ...] = ()
-    # Disk for optimized graphs of small models that load again and again (see serve/prepared.py), per
+    # Disk for optimized graphs of small models that load again and again (see serve/models/prepared.py), per
     # worker, under {home}/run; 0 turns it off.
     prepared_graph_bytes: int = 256 << 20
-    # Small models that differ only in their weights run on one shared session (see serve/shared.py).
+    # Small models that differ only in their weights run on one shared session (see serve/models/shared.py).
     share_graphs: bool = True
     server_name: str = "modelfab"
-    # ``module:function`` hooks called with the server settings; a missing module means no hook.
-    router_factory: str | None = DEFAULT_ROUTER
-    extra_routes: str | None = DEFAULT_EXTRA_ROUTES
-    extra_metrics: str | None = DEFAULT_EXTRA_METRICS
+    # Plug-ins called with the server settings (None turns one off). The defaults need a workspace: a
+    # service built without settings runs without them. One that raises stops the worker's start.
+    router_factory: Plugin | None = default_router
+    extra_routes: Plugin | None = default_routes
+    extra_metrics: Plugin | None = default_metrics

@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.errors import ConfigError
-from modelfab.serve.autoscale import ScalePolicy
-from modelfab.serve.hooks import DEFAULT_EXTRA_METRICS, DEFAULT_EXTRA_ROUTES, DEFAULT_ROUTER
 from modelfab.serve.metrics import METRICS_DIR_ENV
-from modelfab.serve.options import ServeOptions, parse_bytes
-from modelfab.serve.supervisor import Supervisor, WorkerSpec
+from modelfab.serve.options import Plugin, ServeOptions, default_metrics, default_router, default_routes
+from modelfab.serve.workers.autoscale import ScalePolicy
+from modelfab.serve.workers.supervisor import Supervisor, WorkerSpec
+from modelfab.units import parse_bytes
 
 __all__ = ["DEFAULT_SOURCE", "run_server"]
 
 log = logging.getLogger("modelfab.serve")
-DEFAULT_SOURCE = "modelfab.serve.source:workspace_source"
+DEFAULT_SOURCE = "modelfab.serve.models.source:workspace_source"
 
 
 def run_server(
@@ -42,16 +42,17 @@ def run_server(
     share_graphs: bool = True,
     source_factory: str = DEFAULT_SOURCE,
     log_level: str = "INFO",
-    router_factory: str | None = DEFAULT_ROUTER,
-    extra_routes: str | None = DEFAULT_EXTRA_ROUTES,
-    extra_metrics: str | None = DEFAULT_EXTRA_METRICS,
+    router_factory: Plugin | None = default_router,
+    extra_routes: Plugin | None = default_routes,
+    extra_metrics: Plugin | None = default_metrics,
 ) -> None:
     """Serve every registered model over OIP v2 REST (``port``) and gRPC (``grpc_port``; None: off).
 
     ``workers="auto"`` starts one worker and lets the autoscaler grow to the core count; a number fixes the
     count. ``max_memory_bytes`` (e.g. ``"512MiB"``) bounds the loaded models of the whole server: each
-    worker gets an equal share of it. ``router_factory`` and ``extra_routes`` are the iteration loop's hooks
-    (``module:function``; None turns one off). Blocks until SIGINT/SIGTERM.
+    worker gets an equal share of it. ``router_factory``, ``extra_routes`` and ``extra_metrics`` plug in
+    canary routing, ``/v2/feedback`` and the loop's gauges (see ServeOptions; None turns one off).
+    Blocks until SIGINT/SIGTERM.
     """
     cores = os.cpu_count() or 1
     if workers == "auto":

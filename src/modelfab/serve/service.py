@@ -16,23 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
-from modelfab.serve.batching import Batcher, Item
-from modelfab.serve.cache import CacheEvents, ModelCache, trim_heap
-from modelfab.serve.hooks import (
-    DEFAULT_EXTRA_METRICS,
-    DEFAULT_EXTRA_ROUTES,
-    DEFAULT_ROUTER,
-    Router,
-    load_hook,
-)
 from modelfab.serve.metrics import ServeMetrics
-from modelfab.serve.options import ServeOptions
-from modelfab.serve.predlog import PredictionLog, encode_record, new_prediction_id
-from modelfab.serve.prepared import PreparedGraphs
-from modelfab.serve.runtime import OnnxModel
-from modelfab.serve.shared import SharedGraphs
-from modelfab.serve.source import CachedSource, ModelSource, VersionInfo, check_model_name
-from modelfab.serve.types import Array, InferRequest, InferResponse
+from modelfab.serve.models.batching import Batcher, Item
+from modelfab.serve.models.cache import CacheEvents, ModelCache, trim_heap
+from modelfab.serve.models.prepared import PreparedGraphs
+from modelfab.serve.models.runtime import OnnxModel
+from modelfab.serve.models.shared import SharedGraphs
+from modelfab.serve.models.source import CachedSource, ModelSource, VersionInfo, check_model_name
+from modelfab.serve.options import Plugin, ServeOptions, default_metrics, default_router, default_routes
+from modelfab.serve.types import Array, InferRequest, InferResponse, Router
+from modelfab.traffic.predlog import PredictionLog, encode_record, new_prediction_id
 
 __all__ = ["SERVER_EXTENSIONS", "InferenceService", "LogContext"]
 
@@ -51,15 +44,13 @@ class InferenceService:
         metrics: ServeMetrics | None = None,
         settings: Any = None,
     ) -> None:
-        """``settings`` (the server's Settings) is what the hooks of ``options`` are called with; without
-        it only hooks other than the defaults (which need a workspace) are loaded."""
+        """``settings`` (the server's Settings) is what the plug-ins of ``options`` are called with;
+        without it only plug-ins other than the defaults (which need a workspace) are used."""
         self.options = options or ServeOptions()
         self.settings = settings
-        self.router: Router | None = self._hook(self.options.router_factory, DEFAULT_ROUTER)
-        self.extra_routes: list[Any] = list(self._hook(self.options.extra_routes, DEFAULT_EXTRA_ROUTES) or [])
-        self.extra_metrics: Callable[[], str] | None = self._hook(
-            self.options.extra_metrics, DEFAULT_EXTRA_METRICS
-        )
+        self.router: Router | None = self._plug(self.options.router_factory, default_router)
+        self.extra_routes: list[Any] = list(self._plug(self.options.extra_routes, default_routes) or [])
+        self.extra_metrics: Callable[[], str] | None = self._plug(self.options.extra_metrics, default_metrics)
         self._shadows: set[asyncio.Task[None]] = set()
         self._batch_metrics: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
         self._request_metrics: dict[tuple[tuple[str, str], str], tuple[Any, Any]] = {}
@@ -95,14 +86,10 @@ class InferenceService:
         self._wake = asyncio.Event()  # set when the registry announces an alias move
         self._listen_stop = threading.Event()
 
-    def _hook(self, spec: str | None, default: str) -> Any:
-        if spec is None or (self.settings is None and spec == default):
+    def _plug(self, factory: Plugin | None, default: Plugin) -> Any:
+        if factory is None or (self.settings is None and factory is default):
             return None
-        try:
-            return load_hook(spec, self.settings)
-        except Exception:
-            log.exception("hook %s failed to load; serving without it", spec)
-            return None
+        return factory(self.settings)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:

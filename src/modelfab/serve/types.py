@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["InferRequest", "InferResponse", "RequestedOutput", "TensorSpec"]
+__all__ = ["InferRequest", "InferResponse", "RequestedOutput", "Route", "Router", "TensorSpec"]
 
 Array = np.ndarray[Any, Any]
 
@@ -49,3 +49,20 @@ class InferResponse:
     prediction_id: str
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class Route(Protocol):
+    """Which version answers a request (``serve``) and which one also scores it silently (``shadow``)."""
+
+    @property
+    def serve(self) -> int | str: ...
+    @property
+    def shadow(self) -> int | str | None: ...
+
+
+class Router(Protocol):
+    """Deployment routing (canary, shadow, sticky keys); :func:`modelfab.traffic.routing.make_router`."""
+
+    def route(self, model: str, request_key: str | None) -> Route:
+        """Synchronous and cheap: called once per infer request that names no version (or ``champion``)."""
+        ...

@@ -353,8 +353,8 @@ class Registry(RunsAndDatasets):
         if deletes:
             conn.execute(sa.delete(a).where(key), [{"a_name": n} for n in deletes])
         if changed and conn.dialect.name == "postgresql":
-            # Delivered at commit to every server LISTENing (modelfab.serve.source): alias moves reach them
-            # at once instead of at their next poll.
+            # Delivered at commit to every server LISTENing (modelfab.serve.models.source): alias moves
+            # reach them at once instead of at their next poll.
             conn.execute(
                 sa.text("SELECT pg_notify(:channel, :tenant)"),
                 {"channel": ALIAS_CHANNEL, "tenant": self.tenant},
