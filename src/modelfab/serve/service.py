@@ -1,31 +1,31 @@
-"""The transport-neutral core both REST and gRPC call: resolve, load, check, batch, log, count."""
+"""The request path both REST and gRPC call: resolve (route, look up) -> acquire (load, hold) -> run (check,
+batch, record, count). Batchers, the prediction recorder and background upkeep live beside it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
+from modelfab.serve.batchers import Batchers
+from modelfab.serve.housekeeping import Housekeeper
 from modelfab.serve.metrics import ServeMetrics
-from modelfab.serve.models.batching import Batcher, Item
-from modelfab.serve.models.cache import CacheEvents, ModelCache, trim_heap
+from modelfab.serve.models.cache import CacheEvents, ModelCache
 from modelfab.serve.models.prepared import PreparedGraphs
 from modelfab.serve.models.runtime import OnnxModel
 from modelfab.serve.models.shared import SharedGraphs
 from modelfab.serve.models.source import CachedSource, ModelSource, VersionInfo, check_model_name
 from modelfab.serve.options import Plugin, ServeOptions, default_metrics, default_router, default_routes
-from modelfab.serve.types import Array, InferRequest, InferResponse, Router
-from modelfab.traffic.predlog import PredictionLog, encode_record, new_prediction_id
+from modelfab.serve.recording import LogContext, Recorder
+from modelfab.serve.types import InferRequest, InferResponse, Router
+from modelfab.traffic.predlog import new_prediction_id
 
 __all__ = ["SERVER_EXTENSIONS", "InferenceService", "LogContext"]
 
@@ -52,7 +52,6 @@ class InferenceService:
         self.extra_routes: list[Any] = list(self._plug(self.options.extra_routes, default_routes) or [])
         self.extra_metrics: Callable[[], str] | None = self._plug(self.options.extra_metrics, default_metrics)
         self._shadows: set[asyncio.Task[None]] = set()
-        self._batch_metrics: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
         self._request_metrics: dict[tuple[tuple[str, str], str], tuple[Any, Any]] = {}
         self.source = CachedSource(source, ttl=self.options.resolve_ttl_s)
         self.metrics = metrics or ServeMetrics()
@@ -73,18 +72,19 @@ class InferenceService:
             overhead=lambda: self.metrics.bookkeeping_bytes,
             shared=SharedGraphs(threads=self.options.ort_threads) if self.options.share_graphs else None,
         )
-        self._trimmed_at = 0
         self._executor = ThreadPoolExecutor(self.options.run_threads, thread_name_prefix="modelfab-run")
-        self._batchers: dict[tuple[str, int], Batcher] = {}
-        self.predlog = (
-            PredictionLog(home, worker=worker) if home is not None and self.options.log_predictions else None
+        self.recorder = Recorder(
+            home, worker, enabled=self.options.log_predictions, sample_rate=self.options.log_sample_rate
+        )
+        self.batchers = Batchers(
+            self.options,
+            self.metrics,
+            self._executor,
+            self.recorder.write if self.recorder.log is not None else None,
         )
         self.inflight = 0
         self.ready = False
-        self._housekeeper: asyncio.Task[None] | None = None
-        self._deadlines: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()  # set when the registry announces an alias move
-        self._listen_stop = threading.Event()
+        self._housekeeper = Housekeeper(self)
 
     def _plug(self, factory: Plugin | None, default: Plugin) -> Any:
         if factory is None or (self.settings is None and factory is default):
@@ -98,85 +98,19 @@ class InferenceService:
                 await self.cache.load(await self.resolve(name, None), pin=True)
             except ModelfabError as exc:
                 log.error("cannot pin model %s: %s", name, exc)
-        loop = asyncio.get_running_loop()
-        if self.source.watches_changes:
-            # PostgreSQL tells us about alias moves at once; the poll below stays as the fallback.
-            def wake() -> None:
-                loop.call_soon_threadsafe(self._wake.set)
-
-            self.source.listen(wake, self._listen_stop)
-        self._housekeeper = asyncio.create_task(self._housekeeping())
-        self._deadlines = asyncio.create_task(self._watch_deadlines())
+        self._housekeeper.start()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        self._listen_stop.set()
-        for task in (self._housekeeper, self._deadlines):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._housekeeper.stop()
         if self._shadows:
             await asyncio.wait(list(self._shadows), timeout=5)
-        for b in self._batchers.values():
-            b.close()
+        self.batchers.close()
         self._executor.shutdown(wait=True)
-        if self.predlog is not None:
-            self.predlog.close()
+        self.recorder.close()
         if self.prepared is not None:
             self.prepared.close()
-
-    async def _prewarm_lookups(self) -> None:
-        try:
-            await asyncio.to_thread(self.source.prewarm)
-        except Exception as exc:  # lookups then happen one by one, as without it
-            log.warning("cannot read the model index to prewarm lookups: %s", exc)
-
-    async def _housekeeping(self) -> None:
-        ticks = 0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.options.resolve_ttl_s)
-            self._wake.clear()
-            if self.source.watches_changes:
-                try:
-                    # The first check always reports a change: that is when lookups are first prewarmed.
-                    if await asyncio.to_thread(self.source.check_changes):
-                        await self._prewarm_lookups()
-                except Exception as exc:  # a database blip must not stop housekeeping
-                    log.warning("cannot check the registry for alias changes: %s", exc)
-            ticks += 1
-            if ticks * self.options.resolve_ttl_s < 1.0:
-                continue
-            ticks = 0
-            self.cache.sweep(self.options.idle_ttl_s)
-            if self.cache.shared is not None:
-                self.metrics.shared_graphs.set(len(self.cache.shared))
-                self.metrics.shared_graph_bytes.set(self.cache.shared.resident_bytes)
-            if self.cache.drops != self._trimmed_at:
-                # Sessions of evicted models free many small blocks that glibc keeps; hand them back (in a
-                # thread: a trim of a large heap takes milliseconds, and it drops the GIL).
-                self._trimmed_at = self.cache.drops
-                await asyncio.to_thread(trim_heap)
-            for key, b in list(self._batchers.items()):
-                if not self.cache.is_loaded(*key) and b.depth == 0 and b.incoming == 0:
-                    b.close()
-                    del self._batchers[key]
-                    self.metrics.queue_depth.remove(key[0], str(key[1]))
-                else:
-                    self.metrics.queue_depth.labels(key[0], str(key[1])).set(b.depth)
-
-    async def _watch_deadlines(self) -> None:
-        """Fail requests waiting longer than the request timeout: one periodic check for all of them is
-        cheaper than a timer per request, and a timeout a few percent late is still a timeout."""
-        timeout = self.options.request_timeout_s
-        every = min(0.5, max(0.01, timeout / 20))
-        while True:
-            await asyncio.sleep(every)
-            now = time.monotonic()
-            for b in list(self._batchers.values()):
-                b.expire(timeout, now)
 
     # -- lookups ---------------------------------------------------------------------------------------
     async def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
@@ -227,63 +161,6 @@ class InferenceService:
         self.cache.unload(name)
 
     # -- inference -------------------------------------------------------------------------------------
-    def _batcher(self, info: VersionInfo, model: OnnxModel) -> Batcher:
-        key = (info.name, info.version)
-        b = self._batchers.get(key)
-        if b is None or b.model is not model:  # a replaced batcher's task ends once its queue drains
-            serving = info.serving or {}
-            o = self.options
-            children = self._batch_metrics.get(key)
-            if children is None:  # kept across evictions: with many models, label lookups add up
-                mv = (info.name, str(info.version))
-                m = self.metrics
-                children = (
-                    m.batch_size.labels(*mv),
-                    m.batch_requests.labels(*mv),
-                    m.cpu_seconds.labels(*mv),
-                    m.predictions.labels(*mv),
-                )
-                self._batch_metrics[key] = children
-            sizes, reqs, cpu, preds = children
-
-            def on_batch(rows: int, n: int, cpu_s: float) -> None:
-                sizes.observe(rows)
-                reqs.observe(n)
-                cpu.inc(cpu_s)
-                preds.inc(rows)
-
-            b = Batcher(
-                model,
-                self._executor,
-                max_batch_size=int(serving.get("max_batch_size", o.max_batch_size)),
-                max_wait=float(serving.get("max_wait_ms", o.max_wait_ms)) / 1000.0,
-                queue_size=int(serving.get("queue_size", o.queue_size)),
-                after_run=self._log_predictions if self.predlog is not None else None,
-                on_batch=on_batch,
-            )
-            self._batchers[key] = b
-        return b
-
-    def _log_predictions(self, items: Sequence[Item], results: Sequence[dict[str, Array]]) -> None:
-        assert self.predlog is not None
-        lines = []
-        for item, outputs in zip(items, results, strict=True):
-            ctx: LogContext | None = item.context
-            if ctx is not None:
-                record = {
-                    "id": ctx.prediction_id,
-                    "model": ctx.model,
-                    "version": ctx.version,
-                    "time": ctx.time,
-                    "request_key": ctx.request_key,
-                    "shadow": ctx.shadow,
-                    "inputs": item.feeds,
-                    "outputs": outputs,
-                }
-                lines.append(encode_record(record))
-        if lines:
-            self.predlog.write_lines(lines)
-
     def _route(self, name: str, ref: str | int | None, key: str | None) -> tuple[str | int | None, Any]:
         """The version that answers and the shadow version (or None) for a request naming ``ref``."""
         if self.router is None or ref not in (None, "champion"):
@@ -297,12 +174,6 @@ class InferenceService:
             return ref, None
         return decision.serve, decision.shadow
 
-    def _sampled(self) -> bool:
-        if self.predlog is None:
-            return False
-        rate = self.options.log_sample_rate
-        return rate >= 1.0 or random.random() < rate
-
     async def _shadow(self, name: str, ref: str | int, req: InferRequest, ctx: LogContext) -> None:
         """Score a request with a shadow version for the prediction log only; failures stay here."""
         try:
@@ -311,7 +182,7 @@ class InferenceService:
                 rows = model.check(req.inputs)
                 ctx = replace(ctx, version=info.version)
                 async with asyncio.timeout(self.options.request_timeout_s):
-                    await self._batcher(info, model).submit(req.inputs, rows, None, ctx)
+                    await self.batchers.get(info, model).submit(req.inputs, rows, None, ctx)
         except Exception as exc:
             self.metrics.errors.labels(name, str(ref), "shadow").inc()
             log.warning("shadow scoring of model %s version %s failed: %s", name, ref, exc)
@@ -351,7 +222,7 @@ class InferenceService:
             if model is None:
                 model = await self.cache.acquire(info)
             held = (info.name, info.version)
-            batcher = self._batcher(info, model)
+            batcher = self.batchers.get(info, model)
             if req is None:
                 batcher.incoming += 1
                 try:
@@ -369,7 +240,7 @@ class InferenceService:
             pid = new_prediction_id()
             context = (
                 LogContext(pid, info.name, info.version, time.time(), request_key)
-                if self._sampled()
+                if self.recorder.sampled()
                 else None
             )
             if shadow is not None and context is not None and shadow != info.version:
@@ -424,18 +295,4 @@ class _CacheEvents(CacheEvents):
 
     def evicted(self, name: str, version: int, size: int, reason: str) -> None:
         self._service.metrics.evicted(name, version, size, reason)
-        # Idle (the cache never evicts a model with requests in flight), so its loop task has ended too.
-        self._service._batchers.pop((name, version), None)
-        self._service.metrics.queue_depth.remove(name, str(version))
-
-
-@dataclass(slots=True)  # not frozen: one is made per request, and frozen dataclasses are slower to make
-class LogContext:
-    """What the prediction log records about a request besides its tensors."""
-
-    prediction_id: str
-    model: str
-    version: int
-    time: float
-    request_key: str | None = None
-    shadow: bool = False
+        self._service.batchers.drop(name, version)
