@@ -85,3 +85,25 @@ def test_retry_failed_reruns_crashed_jobs_only(
 )
 def test_which_reasons_are_retried(reason: str | None, crash: bool) -> None:
     assert retryable(reason) is crash
+
+
+def test_failed_jobs_are_requeued_on_sqlite_and_postgresql(any_ws: Workspace) -> None:
+    from modelfab.store import JobOutcome
+    from tests.store.test_registry import make_run
+
+    reg = any_ws.registry
+    make_run(any_ws, "run1", ["a", "b", "c"])
+    reg.record_outcomes(
+        "run1",
+        [
+            JobOutcome(key=k, partition=k, model=f"r.{k}", status="failed", reason=why)
+            for k, why in (("a", "too few rows: 3"), ("b", "job failed: OSError: gone"))
+        ],
+    )
+    reg.set_run_status("run1", "done")
+    assert reg.failed_jobs("run1") == {"a": "too few rows: 3", "b": "job failed: OSError: gone"}
+    assert reg.requeue_jobs("run1", ["b", "c"]) == 1  # c is pending, not failed: left alone
+    assert reg.job_states("run1") == {"a": "failed", "b": "pending", "c": "pending"}
+    assert reg.failed_jobs("run1") == {"a": "too few rows: 3"}
+    assert reg.list_runs()[0].status == "running"
+    assert reg.requeue_jobs("run1", []) == 0
