@@ -81,6 +81,19 @@ def test_dataset_version_pin() -> None:
         (BASE.replace("name: churn", "name: ../etc"), 1, "field name"),
         (BASE + "iterate: {cooldown: soon}\n", 8, "cooldown must be a duration"),
         (BASE + "features: [churned]\n", 1, "must not include the target"),
+        (
+            BASE.replace("task: classification", "task: regression").replace("roc_auc", "rmse"),
+            6,
+            "field candidates.0.family: logistic_regression does not fit task regression; "
+            "allowed: hist_gradient_boosting, linear_regression, mlp, random_forest",
+        ),
+        (
+            BASE.replace("  - family: logistic_regression", "  - family: mlp\n  - family: ridge"),
+            7,
+            "field candidates.1.family: linear_regression does not fit task classification; "
+            "allowed: hist_gradient_boosting, logistic_regression, mlp, random_forest",
+        ),
+        (BASE + "seed: 4\nsplit: {seed: 5}\n", 9, "field split.seed: 5 differs from seed 4"),
     ],
 )
 def test_bad_recipes(text: str, line: int, needle: str) -> None:
@@ -94,3 +107,23 @@ def test_bad_recipes(text: str, line: int, needle: str) -> None:
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting", "mlp"])
+def test_families_for_both_tasks_parse_for_both(family: str) -> None:
+    text = BASE.replace("logistic_regression", family)
+    assert parse_recipe(text).candidates[0].family == family
+    text = text.replace("task: classification", "task: regression").replace("roc_auc", "r2")
+    regression = parse_recipe(text)
+    assert regression.candidates[0].family == family
+
+
+@pytest.mark.parametrize(
+    ("extra", "seed"),
+    [("", 0), ("seed: 11\n", 11), ("split: {seed: 7}\n", 7), ("seed: 11\nsplit: {seed: 11}\n", 11)],
+)
+def test_one_seed(extra: str, seed: int) -> None:
+    recipe = parse_recipe(BASE + extra)
+    assert recipe.effective_seed == seed
+    # The recipe as stored with a run reads back with the same seed.
+    assert type(recipe).model_validate(recipe.model_dump(mode="json")).effective_seed == seed

@@ -5,7 +5,7 @@ Kept free of heavy imports: recipes are validated against this table before scik
 
 from __future__ import annotations
 
-__all__ = ["FAMILIES", "FAMILY_ALIASES"]
+__all__ = ["FAMILIES", "FAMILY_ALIASES", "FAMILY_TASKS", "families_for"]
 
 # family -> hyperparameters a recipe may set or search
 FAMILIES: dict[str, frozenset[str]] = {
@@ -17,6 +17,23 @@ FAMILIES: dict[str, frozenset[str]] = {
     ),
     "mlp": frozenset({"hidden_layer_sizes", "alpha", "learning_rate_init", "max_iter"}),
 }
+
+# family -> tasks it has an estimator for. The linear families are one task each: a recipe asking
+# logistic regression to regress is refused when it is parsed, never swapped for ridge.
+_BOTH = frozenset({"classification", "regression"})
+FAMILY_TASKS: dict[str, frozenset[str]] = {
+    "logistic_regression": frozenset({"classification"}),
+    "linear_regression": frozenset({"regression"}),
+    "random_forest": _BOTH,
+    "hist_gradient_boosting": _BOTH,
+    "mlp": _BOTH,
+}
+
+
+def families_for(task: str) -> list[str]:
+    """The families that can be trained for ``task``, sorted."""
+    return sorted(f for f, tasks in FAMILY_TASKS.items() if task in tasks)
+
 
 # accepted spellings that mean the same family
 FAMILY_ALIASES = {

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from modelfab.errors import RecipeError
-from modelfab.families import FAMILIES, FAMILY_ALIASES
+from modelfab.families import FAMILIES, FAMILY_ALIASES, FAMILY_TASKS, families_for
 
 __all__ = [
     "CLASSIFICATION_METRICS",
@@ -38,6 +38,14 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class _AtField(ValueError):
+    """A whole-recipe check that failed at one field: parse_recipe reports that field and its line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class _Strict(BaseModel):
@@ -101,7 +109,7 @@ class Candidate(_Strict):
 
 class Split(_Strict):
     holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
-    seed: int = 0
+    seed: int = 0  # the older place of the recipe's seed: used when the top-level seed is not set
 
 
 class Gate(_Strict):
@@ -174,7 +182,28 @@ class Recipe(_Strict):
     serving: Serving = Field(default_factory=Serving)
     iterate: IterateSpec | None = None
     resources: Resources = Field(default_factory=Resources)
-    seed: int = 0
+    seed: int = 0  # drives the holdout split, the search and the models' random_state (see effective_seed)
+
+    @model_validator(mode="after")
+    def _families_fit_task(self) -> Recipe:
+        for i, cand in enumerate(self.candidates):
+            if self.task not in FAMILY_TASKS[cand.family]:
+                raise _AtField(
+                    ("candidates", i, "family"),
+                    f"{cand.family} does not fit task {self.task}; "
+                    f"allowed: {', '.join(families_for(self.task))}",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _one_seed(self) -> Recipe:
+        if self.seed and self.split.seed and self.seed != self.split.seed:
+            raise _AtField(
+                ("split", "seed"),
+                f"{self.split.seed} differs from seed {self.seed}; one seed drives the split, the search "
+                "and the models: remove split.seed",
+            )
+        return self
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> Recipe:
@@ -204,6 +233,12 @@ class Recipe(_Strict):
     @property
     def dataset_version(self) -> int | None:
         return int(self.dataset.split("@")[1]) if "@" in self.dataset else None
+
+    @property
+    def effective_seed(self) -> int:
+        """The one seed of the split, the search and the models: ``seed``, or ``split.seed`` where a
+        recipe (or a run stored before ``seed`` was honoured) gives only that."""
+        return self.seed or self.split.seed
 
     @property
     def lower_is_better(self) -> bool:
@@ -244,6 +279,9 @@ def parse_recipe(text: str, file: str = "<recipe>") -> Recipe:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        located = err.get("ctx", {}).get("error")
+        if isinstance(located, _AtField):
+            loc += list(located.loc)
         field = ".".join(str(p) for p in loc) or "(recipe)"
         msg = _message(err, field)
         more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""

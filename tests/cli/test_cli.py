@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -142,3 +143,31 @@ def test_runs_quota(cli: CliRunner) -> None:
 def test_serve_bad_options_fail_before_starting(cli: CliRunner, args: tuple[str, ...], needle: str) -> None:
     code = 2 if args[0] == "--log-sample-rate" else 1
     assert needle in run(cli, "serve", "--port", "0", *args, code=code)
+
+
+def test_produce_retry_failed(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelfab.factory.job as job_module
+
+    real = job_module._train
+
+    def flaky(ctx: Any, job: Any) -> Any:
+        if job.key == "good-2":
+            raise OSError("network share went away")
+        return real(ctx, job)
+
+    edge_frame().to_csv(tmp_path / "edge.csv", index=False)
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    run(cli, "data", "import", "edge", str(tmp_path / "edge.csv"))
+    with monkeypatch.context() as patch:
+        patch.setattr(job_module, "_train", flaky)
+        out = run(cli, "produce", str(tmp_path / "r.yaml"), "--workers", "2", "--no-progress")
+    assert "failed good-2: job failed: OSError: network share went away" in out
+    assert "already complete" in run(cli, "produce", str(tmp_path / "r.yaml"), "--no-progress")
+    report = json.loads(run(cli, "produce", str(tmp_path / "r.yaml"), "--retry-failed", "--json"))
+    assert (report["retried"], report["trained"], report["passed"], report["failed"]) == (1, 1, 1, 0)
+    assert [r["name"] for r in json.loads(run(cli, "models", "ls", "--json"))] == [
+        "r.good-1",
+        "r.good-2",
+        "r.we_ird_site",
+    ]
+    assert "data reason" in run(cli, "produce", "--help")

@@ -12,9 +12,12 @@ import pytest
 from modelfab.compute.ray import RayExecutor
 from modelfab.data import import_dataset
 from modelfab.factory import produce
+from modelfab.factory.context import JobContext, KeyRef
+from modelfab.factory.plan import make_plan
 from modelfab.recipe import parse_recipe
 from modelfab.settings import Settings
 from modelfab.store import Workspace
+from tests.factory.test_context import key_forms
 from tests.factory.test_resume import RECIPE, SITES, many_sites
 
 ray = pytest.importorskip("ray")
@@ -34,8 +37,8 @@ def cluster() -> Iterator[Any]:
     c.shutdown()
 
 
-def workspace(tmp_path: Path) -> Workspace:
-    ws = Workspace.open(Settings(home=tmp_path / "home"))
+def workspace(tmp_path: Path, settings: Settings | None = None) -> Workspace:
+    ws = Workspace.open(settings or Settings(home=tmp_path / "home"))
     many_sites(tmp_path / "many.csv")
     import_dataset(ws, "many", tmp_path / "many.csv")
     return ws
@@ -77,3 +80,19 @@ def test_node_lost_mid_run_still_completes_without_duplicates(cluster: Any, tmp_
     assert state["killed"]
     assert report.trained == SITES, report.failures
     check(ws)
+
+
+def test_encrypted_run_sends_ray_a_key_reference_not_the_key(cluster: Any, tmp_path: Path) -> None:
+    key = bytes(range(7, 39))
+    key_file = tmp_path / "key"
+    key_file.write_text(key.hex())
+    ws = workspace(tmp_path, Settings(home=tmp_path / "home", encryption_key_file=key_file))
+    recipe = parse_recipe(RECIPE.format(name="m", trials=1))
+    context = JobContext(make_plan(ws, recipe), ws.artifacts, "test", KeyRef.of(ws.settings))
+    sent = ray.cloudpickle.dumps(context)  # how Ray serializes what the executor shares
+    assert not [form for form in key_forms(key) if form in sent]
+    report = produce(ws, recipe, executor=RayExecutor())
+    assert report.trained == SITES, report.failures
+    check(ws)  # the workers found the key through the file and sealed what the driver can open
+    blob = next(p for p in (tmp_path / "home" / "artifacts").rglob("*") if p.is_file()).read_bytes()
+    assert blob.startswith(b"MFENC1")

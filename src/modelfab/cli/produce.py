@@ -28,12 +28,22 @@ def produce(
         str,
         typer.Option(help="Run priority: high, normal or low. Under a quota, higher runs' jobs start first."),
     ] = "normal",
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Run again the jobs of this recipe's earlier run that crashed (an exception in training, a "
+            "worker process that died); partitions skipped for a data reason (too few rows, one class, "
+            "target missing, failed parity check) stay as they are. Without it, a re-run only resumes.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
 ) -> None:
     """Produce every partition's model: search, fit, evaluate, gate, export to ONNX, register.
 
-    Resumable: run the same command again after a stop and finished jobs are not redone.
+    Resumable: run the same command again after a stop and finished jobs are not redone; failed jobs
+    stay failed unless --retry-failed asks to rerun the ones that crashed.
     """
     from modelfab.compute import make_executor
     from modelfab.compute.slots import check_priority
@@ -58,6 +68,7 @@ def produce(
             executor=ex,
             workers=workers,
             priority=priority,
+            retry_failed=retry_failed,
             on_start=on_start,
             on_progress=on_progress,
         )
@@ -84,6 +95,7 @@ def print_report(report: RunReport) -> None:
         f"{report.trained} trained, [green]{report.passed} passed the gate[/], {report.rejected} rejected, "
         f"[red]{report.failed} failed[/]"
         + (f", {report.already_done} done before" if report.already_done else "")
+        + (f", {report.retried} crashed jobs retried" if report.retried else "")
     )
     console.print(
         f"median holdout score {median}; {report.seconds:.1f}s, {report.models_per_minute:,.0f} models/min"

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Executor", "Slots"]
+from modelfab.errors import ModelfabError
+
+__all__ = ["Executor", "Slots", "WorkerLost"]
 
 R = TypeVar("R")
+
+
+class WorkerLost(ModelfabError):
+    """A job's worker died under it (killed by a signal, out of memory) more often than an executor
+    runs such a job again."""
 
 
 class Slots(Protocol):

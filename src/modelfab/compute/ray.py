@@ -3,6 +3,10 @@
 Jobs write artifacts to the shared artifact store themselves; results (small) come back to the driver,
 which registers them in batches. A task lost with its node is retried by Ray; registration is idempotent
 per (run, job), so a retried job never makes a second version.
+
+What ``share`` puts in Ray's object store is serialized there and readable by the cluster: the factory's
+job context carries a reference to the encryption key (key file path, or the variable each worker reads
+from its own environment), never the key.
 """
 
 from __future__ import annotations

@@ -1,37 +1,30 @@
 """One job: train, search, evaluate, export and store the model of one partition.
 
-Runs in executor workers. The plan's data reaches workers through the module-level context, inherited
-on fork (local pool) or loaded by the worker from the artifact store otherwise.
+Runs in executor workers. The run's :class:`~modelfab.factory.context.JobContext` reaches them once,
+through the executor's ``share``: inherited on fork by the local pool, serialized (without the key) to Ray.
 """
 
 from __future__ import annotations
 
 import json
-import traceback
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from modelfab.errors import ModelfabError, TrainingError
+from modelfab.errors import TrainingError
+from modelfab.factory.context import JobContext
 from modelfab.factory.evaluate import score_all
 from modelfab.factory.export import onnx_signature, to_onnx_bytes, verify_parity
+from modelfab.factory.failures import job_crash_reason
 from modelfab.factory.plan import JobSpec, Plan
 from modelfab.factory.profile import reference_profile
 from modelfab.factory.search import predict, search, split_indices, take
 from modelfab.factory.trainers.sklearn import build_pipeline
-from modelfab.store import ArtifactStore, JobOutcome
+from modelfab.store import JobOutcome
 
-__all__ = ["JobContext", "failed_outcome", "train_job"]
-
-
-@dataclass
-class JobContext:
-    plan: Plan
-    artifacts: ArtifactStore
-    version: str
+__all__ = ["failed_outcome", "train_job"]
 
 
 def train_job(shared: Any, job: JobSpec) -> JobOutcome:
@@ -46,13 +39,10 @@ def train_job(shared: Any, job: JobSpec) -> JobOutcome:
             warnings.simplefilter("ignore", category=UserWarning)
             warnings.simplefilter("ignore", category=RuntimeWarning)
             return _train(ctx, job)
-    except ModelfabError as exc:
+    except TrainingError as exc:
         return failed_outcome(ctx.plan.recipe.name, job, exc.message)
-    except Exception as exc:  # one odd partition must not stop the others
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        return failed_outcome(
-            ctx.plan.recipe.name, job, f"{type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
-        )
+    except Exception as exc:  # one odd partition must not stop the others; --retry-failed reruns it
+        return failed_outcome(ctx.plan.recipe.name, job, job_crash_reason(exc))
 
 
 def failed_outcome(recipe: str, job: JobSpec, reason: str) -> JobOutcome:
@@ -80,7 +70,7 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
             )
     else:
         y = y.astype(float)
-    seed = recipe.split.seed
+    seed = recipe.effective_seed
     train_idx, hold_idx = split_indices(y, recipe.split.holdout, seed, stratify=classes is not None)
     train_x, hold_x, train_y, hold_y = take(x, train_idx), take(x, hold_idx), y[train_idx], y[hold_idx]
     choice = search(recipe, train_x, train_y, plan.numeric, plan.categorical, seed)

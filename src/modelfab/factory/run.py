@@ -12,9 +12,10 @@ from typing import Any
 from modelfab.compute.base import Executor
 from modelfab.compute.select import make_executor
 from modelfab.compute.slots import RunSlots, check_priority
-from modelfab.errors import ModelfabError
+from modelfab.factory.context import JobContext, KeyRef
 from modelfab.factory.evaluate import apply_gate
-from modelfab.factory.job import JobContext, failed_outcome, train_job
+from modelfab.factory.failures import retryable, worker_crash_reason
+from modelfab.factory.job import failed_outcome, train_job
 from modelfab.factory.plan import Plan, make_plan
 from modelfab.recipe import Recipe
 from modelfab.store import DatasetVersion, JobOutcome, Workspace
@@ -40,6 +41,7 @@ class RunReport:
     dataset: str
     total: int
     already_done: int
+    retried: int = 0
     trained: int = 0
     passed: int = 0
     rejected: int = 0
@@ -64,6 +66,7 @@ class RunReport:
             "dataset": self.dataset,
             "total": self.total,
             "already_done": self.already_done,
+            "retried": self.retried,
             "trained": self.trained,
             "passed": self.passed,
             "rejected": self.rejected,
@@ -87,6 +90,7 @@ def produce(
     dataset: DatasetVersion | None = None,
     only: Collection[str] | None = None,
     alias: str = "champion",
+    retry_failed: bool = False,
     on_start: Callable[[Progress], None] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> RunReport:
@@ -95,6 +99,9 @@ def produce(
 
     The iteration loop retrains through here too: ``dataset`` (a newer version), ``only`` (partition
     keys) and ``alias`` (``challenger``: what versions that pass the gate become).
+
+    ``retry_failed`` runs again the jobs of this run that crashed (an exception in training, a worker
+    that died); partitions that failed for a data reason (too few rows, one class, ...) stay failed.
     """
     from modelfab import __version__
 
@@ -111,9 +118,14 @@ def produce(
         priority=priority,
         spec=recipe.model_dump(mode="json"),
     )
+    retried = 0
+    if retry_failed:
+        crashed = [k for k, reason in reg.failed_jobs(plan.run_id).items() if retryable(reason)]
+        retried = reg.requeue_jobs(plan.run_id, crashed)
     states = reg.job_states(plan.run_id)
     todo = [j for j in plan.jobs if states.get(j.key) not in ("done", "failed")]
     report = RunReport(plan.run_id, recipe.name, plan.dataset.ref, len(plan.jobs), len(plan.jobs) - len(todo))
+    report.retried = retried
     progress = Progress(total=len(todo))
     if on_start is not None:
         on_start(progress)
@@ -124,7 +136,7 @@ def produce(
     executor = executor or make_executor(
         ws.settings.executor, workers, address=ws.settings.ray_address, resources=recipe.resources
     )
-    shared = executor.share(JobContext(plan, ws.artifacts, __version__))
+    shared = executor.share(JobContext(plan, ws.artifacts, __version__, KeyRef.of(ws.settings)))
     # Jobs start only on slots claimed in the registry: the tenant's quota holds across every driver,
     # and a higher-priority run's queued jobs go first.
     slots = RunSlots(
@@ -174,8 +186,7 @@ def produce(
 
 
 def _crashed(plan: Plan, job: Any, exc: BaseException) -> JobOutcome:
-    reason = exc.message if isinstance(exc, ModelfabError) else f"worker failed: {type(exc).__name__}: {exc}"
-    return failed_outcome(plan.recipe.name, job, reason)
+    return failed_outcome(plan.recipe.name, job, worker_crash_reason(exc))
 
 
 def _gate(plan: Plan, o: JobOutcome, champions: dict[str, float | None], report: RunReport) -> None:

@@ -147,6 +147,44 @@ class RunsAndDatasets:
             ).all()
         return {r.key: r.status for r in rows}
 
+    def failed_jobs(self, run_id: str) -> dict[str, str | None]:
+        """Job key -> recorded reason, for the run's failed jobs."""
+        j = t.jobs
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(j.c.key, j.c.reason).where(
+                    j.c.tenant == self.tenant, j.c.run_id == run_id, j.c.status == "failed"
+                )
+            ).all()
+        return {r.key: r.reason for r in rows}
+
+    def requeue_jobs(self, run_id: str, keys: Sequence[str]) -> int:
+        """Put failed jobs back to pending (their reason cleared) so the run's next driver runs them
+        again; the run shows as running. Returns how many were requeued."""
+        if not keys:
+            return 0
+        j = t.jobs
+        ts = now()
+        moved = 0
+        with write_tx(self.engine) as conn:
+            for start in range(0, len(keys), 1000):  # bound the IN list's parameters
+                moved += conn.execute(
+                    sa.update(j)
+                    .where(
+                        j.c.tenant == self.tenant,
+                        j.c.run_id == run_id,
+                        j.c.key.in_(keys[start : start + 1000]),
+                        j.c.status == "failed",
+                    )
+                    .values(status="pending", reason=None, started_at=None, finished_at=None, updated_at=ts)
+                ).rowcount
+            conn.execute(
+                sa.update(t.runs)
+                .where(t.runs.c.tenant == self.tenant, t.runs.c.id == run_id)
+                .values(status="running", updated_at=ts)
+            )
+        return moved
+
     def set_run_status(self, run_id: str, status: str) -> None:
         r = t.runs
         with write_tx(self.engine) as conn:

@@ -41,19 +41,20 @@ def build_pipeline(
 
 
 def _estimator(family: str, task: str, params: dict[str, Any], seed: int) -> Any:
+    from modelfab.families import FAMILY_TASKS
+
+    if task not in FAMILY_TASKS.get(family, ()):
+        # Recipes are refused at parse time; a caller that skips parsing must not get another family.
+        raise ValueError(f"family {family!r} cannot be trained for task {task!r} (see modelfab.families)")
     clf = task == "classification"
     if family == "logistic_regression":
-        if not clf:
-            return _estimator("linear_regression", task, {}, seed)
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(**{"max_iter": 500, **params})
+        return LogisticRegression(**{"max_iter": 500, "random_state": seed, **params})
     if family == "linear_regression":
-        if clf:
-            return _estimator("logistic_regression", task, {}, seed)
         from sklearn.linear_model import Ridge
 
-        return Ridge(**{"alpha": 1.0, **params})
+        return Ridge(**{"alpha": 1.0, "random_state": seed, **params})
     if family == "random_forest":
         from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
@@ -73,4 +74,4 @@ def _estimator(family: str, task: str, params: dict[str, Any], seed: int) -> Any
         if isinstance(merged["hidden_layer_sizes"], list):
             merged["hidden_layer_sizes"] = tuple(merged["hidden_layer_sizes"])
         return cls(**merged)
-    raise ValueError(f"unknown family {family!r}")  # recipes are validated first; this is a bug guard
+    raise AssertionError(f"family {family!r} is in FAMILY_TASKS but has no estimator")
