@@ -33,6 +33,45 @@ class Settings(BaseSettings):
         default=None, description="Ray cluster HOST:PORT; default: start Ray locally"
     )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    prediction_retention: str = Field(
+        default="30d", description="how long prediction logs and indexed rows are kept (e.g. 30d, 12h; off)"
+    )
+    prediction_line_limit: str = Field(
+        default="1MiB", description="longest prediction log line the index reads; longer ones are skipped"
+    )
+    dataset_keep: int | None = Field(
+        default=None, ge=1, description="retention also prunes each dataset to its newest N versions"
+    )
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """The prediction retention in seconds, or None when it is ``off``."""
+        from modelfab.errors import ConfigError
+        from modelfab.units import parse_duration
+
+        text = self.prediction_retention.strip().lower()
+        if text in ("off", "none", "forever"):
+            return None
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise ConfigError(f"MODELFAB_PREDICTION_RETENTION: {exc}, or off") from None
+        if seconds <= 0:
+            raise ConfigError("MODELFAB_PREDICTION_RETENTION: must be longer than 0s; write off to keep all")
+        return seconds
+
+    @property
+    def line_limit_bytes(self) -> int:
+        from modelfab.errors import ConfigError
+        from modelfab.units import parse_bytes
+
+        try:
+            limit = parse_bytes(self.prediction_line_limit)
+        except ConfigError as exc:
+            raise ConfigError(f"MODELFAB_PREDICTION_LINE_LIMIT: {exc}") from None
+        if limit < 1024:
+            raise ConfigError("MODELFAB_PREDICTION_LINE_LIMIT: must be at least 1KiB")
+        return limit
 
     @cached_property
     def resolved_database_url(self) -> str:

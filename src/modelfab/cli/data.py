@@ -10,7 +10,7 @@ import typer
 from modelfab.cli.common import console, open_workspace, print_json
 
 app = typer.Typer(
-    help="Import and list datasets (immutable, content-addressed versions).", no_args_is_help=True
+    help="Import, list and prune datasets (immutable, content-addressed versions).", no_args_is_help=True
 )
 
 
@@ -78,3 +78,26 @@ def ls(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
             d.created_at.strftime("%Y-%m-%d %H:%M"),
         )
     console.print(table)
+
+
+@app.command("prune")
+def prune(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. churn.")],
+    keep: Annotated[int, typer.Option("--keep", help="How many of the newest versions to keep.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; remove nothing.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Remove versions of NAME older than the newest KEEP, except versions a live model (aliased or
+    under trial) was trained on or a running run uses."""
+    from modelfab.data import prune_dataset
+
+    ws = open_workspace()
+    report = prune_dataset(ws, name, keep, dry_run=dry_run)
+    if json_out:
+        print_json({**report.to_json(), "dry_run": dry_run})
+        return
+    verb = "would remove" if dry_run else "removed"
+    console.print(
+        f"{name}: {verb} versions {report.removed or 'none'} ({report.freed_bytes:,} bytes freed); "
+        f"kept {report.kept}" + (f" and live {report.live}" if report.live else "")
+    )

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from modelfab.cli import data, iterate, models, produce, quickstart, serve
+from modelfab.cli import data, iterate, models, produce, quickstart, retention, serve
 
 app = typer.Typer(
     name="modelfab",
@@ -19,6 +19,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(models.models_app, name="models")
 app.add_typer(models.alias_app, name="alias")
 app.add_typer(models.runs_app, name="runs")
+app.add_typer(retention.app, name="retention")
 app.command("produce")(produce.produce)
 app.command("quickstart")(quickstart.quickstart)
 app.command("serve")(serve.serve)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from modelfab.data.datasets import import_dataset, load_dataset, read_table
+from modelfab.data.datasets import import_dataset, import_frame, load_dataset, read_table
+from modelfab.data.prune import PruneReport, prune_dataset
 
-__all__ = ["import_dataset", "load_dataset", "read_table"]
+__all__ = ["PruneReport", "import_dataset", "import_frame", "load_dataset", "prune_dataset", "read_table"]

@@ -13,7 +13,7 @@ from modelfab.store import DatasetVersion, Workspace
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["column_kinds", "import_dataset", "load_dataset", "read_table", "table_digest"]
+__all__ = ["column_kinds", "import_dataset", "import_frame", "load_dataset", "read_table", "table_digest"]
 
 MAX_COLUMNS = 10_000
 
@@ -106,18 +106,41 @@ def table_digest(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def import_dataset(ws: Workspace, name: str, path: str | Path) -> tuple[DatasetVersion, bool]:
-    """Import a file as a dataset version. Identical data returns the existing version (created=False)."""
+def _check_name(name: str) -> None:
     import re
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", name):
         raise DataError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_' or '-'")
-    df = read_table(path)
+
+
+def import_dataset(ws: Workspace, name: str, path: str | Path) -> tuple[DatasetVersion, bool]:
+    """Import a file as a dataset version. Identical data returns the existing version (created=False)."""
+    _check_name(name)
+    return _store(ws, name, read_table(path), str(path))
+
+
+def import_frame(ws: Workspace, name: str, df: pd.DataFrame, source: str) -> tuple[DatasetVersion, bool]:
+    """Import a table held in memory (no file is written outside the artifact store, which seals it
+    when the workspace has a key); ``source`` says where it came from."""
+    import pandas as pd
+
+    _check_name(name)
+    # Through Parquet in memory, so columns get the types an imported Parquet file of this table gets
+    # (an object column of floats and None is read back as float64, not as text).
+    buf = io.BytesIO()
+    try:
+        df.to_parquet(buf, index=False)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{source}: cannot be stored as a table: {exc}") from None
+    return _store(ws, name, normalize(pd.read_parquet(io.BytesIO(buf.getvalue())), source), source)
+
+
+def _store(ws: Workspace, name: str, df: pd.DataFrame, source: str) -> tuple[DatasetVersion, bool]:
     digest = table_digest(df)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     artifact = ws.artifacts.put(buf.getvalue())
-    return ws.registry.add_dataset(name, digest, artifact.digest, len(df), column_kinds(df), str(path))
+    return ws.registry.add_dataset(name, digest, artifact.digest, len(df), column_kinds(df), source)
 
 
 def load_dataset(ws: Workspace, dataset: DatasetVersion) -> pd.DataFrame:

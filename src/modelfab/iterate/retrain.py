@@ -8,14 +8,12 @@ trained on and judges challengers, so a challenger is not graded on rows it has 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelfab.data.datasets import import_dataset, load_dataset
+from modelfab.data.datasets import import_frame, load_dataset
 from modelfab.iterate.monitor import score_outcomes, task_of
 from modelfab.iterate.window import Rows
 from modelfab.recipe import Recipe
@@ -79,10 +77,8 @@ def build_dataset(
         a.astype({c: frame[c].dtype for c in a.columns if _same_kind(frame[c], a[c])}) for a in additions
     ]
     merged = pd.concat(parts, ignore_index=True)
-    with tempfile.TemporaryDirectory(prefix="modelfab-retrain-") as tmp:
-        path = Path(tmp) / f"{recipe.dataset_name}.parquet"
-        merged.to_parquet(path, index=False)
-        version, _ = import_dataset(ws, recipe.dataset_name, path)
+    # Imported from memory: a temp file would hold labelled traffic in plain text, key or not.
+    version, _ = import_frame(ws, recipe.dataset_name, merged, f"retrain of {base.ref} with traffic")
     return version
 
 

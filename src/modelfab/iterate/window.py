@@ -15,7 +15,9 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from modelfab.store import keys
 from modelfab.store import schema as t
+from modelfab.traffic.sealing import load_features
 
 __all__ = ["Rows", "labelled_rows", "recent_rows", "trial_rows"]
 
@@ -37,12 +39,15 @@ class Rows:
     features_json: list[str]
     outputs_json: list[str]
     in_window: np.ndarray  # among the newest ``window`` rows of the version (drift window)
+    key: bytes | None = None  # opens features sealed at rest
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def from_records(cls, recs: Sequence[Any], in_window: Sequence[bool] | None = None) -> Rows:
+    def from_records(
+        cls, recs: Sequence[Any], in_window: Sequence[bool] | None = None, key: bytes | None = None
+    ) -> Rows:
         return cls(
             ids=[r.id for r in recs],
             row_index=[int(r.row_index) for r in recs],
@@ -59,6 +64,7 @@ class Rows:
             in_window=np.ones(len(recs), dtype=bool)
             if in_window is None
             else np.asarray(in_window, dtype=bool),
+            key=key,
         )
 
     def take(self, mask: np.ndarray) -> Rows:
@@ -75,6 +81,7 @@ class Rows:
             features_json=[self.features_json[i] for i in idx],
             outputs_json=[self.outputs_json[i] for i in idx],
             in_window=self.in_window[idx],
+            key=self.key,
         )
 
     @property
@@ -82,7 +89,7 @@ class Rows:
         return np.fromiter((o is not None for o in self.outcome), dtype=bool, count=len(self.outcome))
 
     def features(self) -> list[dict[str, Any]]:
-        return [orjson.loads(f) for f in self.features_json]
+        return load_features(self.features_json, self.ids, self.row_index, self.key)
 
     def outputs(self) -> list[dict[str, Any]]:
         return [orjson.loads(o) for o in self.outputs_json]
@@ -136,12 +143,14 @@ def recent_rows(
             start = 0
             for end in range(1, len(records) + 1):
                 if end == len(records) or models[end] != models[start] or versions[end] != versions[start]:
-                    out[(models[start], int(versions[start]))] = _from_columns(cols, start, end, window)
+                    out[(models[start], int(versions[start]))] = _from_columns(
+                        cols, start, end, window, keys.for_engine(engine)
+                    )
                     start = end
     return out
 
 
-def _from_columns(cols: list[tuple[Any, ...]], a: int, b: int, window: int) -> Rows:
+def _from_columns(cols: list[tuple[Any, ...]], a: int, b: int, window: int, key: bytes | None) -> Rows:
     # model, id, row_index, version, shadow, predicted_at, score, label, outcome, features, outputs, rn, rl
     n = b - a
     score = np.array(cols[6][a:b], dtype=float)  # None becomes NaN
@@ -157,6 +166,7 @@ def _from_columns(cols: list[tuple[Any, ...]], a: int, b: int, window: int) -> R
         features_json=list(cols[9][a:b]),
         outputs_json=list(cols[10][a:b]),
         in_window=np.array(cols[11][a:b], dtype=np.int64) <= window,
+        key=key,
     )
 
 
@@ -170,7 +180,7 @@ def labelled_rows(engine: Engine, tenant: str, model: str, limit: int, after: fl
         q = q.where(p.c.predicted_at > after)
     with engine.connect() as conn:
         recs = conn.execute(q.order_by(p.c.predicted_at.desc()).limit(limit)).all()
-    return Rows.from_records(recs)
+    return Rows.from_records(recs, key=keys.for_engine(engine))
 
 
 def trial_rows(engine: Engine, tenant: str, model: str, since: float) -> Rows:
@@ -183,4 +193,4 @@ def trial_rows(engine: Engine, tenant: str, model: str, since: float) -> Rows:
         p.c.outcome.is_not(None),
     )
     with engine.connect() as conn:
-        return Rows.from_records(conn.execute(q).all())
+        return Rows.from_records(conn.execute(q).all(), key=keys.for_engine(engine))

@@ -73,6 +73,17 @@ class ArtifactStore:
             self.fs.mv(tmp, final)
         return Artifact(digest, len(data))
 
+    def delete(self, digest: str) -> int:
+        """Remove a blob; returns the bytes freed (0 when it was not there). Callers first make sure no
+        record names it: the store is content-addressed, so one blob may serve several records."""
+        path = self.path(digest)
+        try:
+            size = int(self.fs.size(path))
+            self.fs.rm(path)
+        except FileNotFoundError:
+            return 0
+        return size
+
     def get(self, digest: str) -> bytes:
         path = self.path(digest)
         try:

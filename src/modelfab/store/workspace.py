@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from modelfab.settings import Settings
+from modelfab.store import keys
 from modelfab.store.artifacts import ArtifactStore
 from modelfab.store.db import create_engine, migrate
 from modelfab.store.registry import Registry
@@ -28,7 +29,9 @@ class Workspace:
         settings.home.mkdir(parents=True, exist_ok=True)
         engine = create_engine(settings.resolved_database_url)
         migrate(engine, lock_dir=settings.home)
-        artifacts = ArtifactStore(settings.resolved_artifact_url, settings.key_bytes())
+        key = settings.key_bytes()
+        artifacts = ArtifactStore(settings.resolved_artifact_url, key)
+        keys.remember(settings.home, engine, key)
         return cls(settings, engine, Registry(engine, settings.tenant), artifacts)
 
     def close(self) -> None:

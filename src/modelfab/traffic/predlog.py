@@ -5,6 +5,11 @@ Each worker appends JSON lines to its own segment under ``{home}/predictions/``.
 the bytes); a background thread calls ``fsync`` at most ``fsync_interval`` seconds after a write, bounding
 what a power loss could take. The thread, not the writer: an ``fsync`` takes milliseconds, and the writer is
 the event loop answering requests.
+
+With the workspace key every line is sealed on its own (AES-256-GCM, then base64: see
+:mod:`modelfab.traffic.sealing`), so an appended line never depends on the ones before it. A segment is
+left for a new one after ``segment_age`` seconds as well as after ``segment_bytes``, so retention can
+delete a segment by its age without racing a writer that still holds it open.
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ from typing import Any
 import numpy as np
 import orjson
 
+from modelfab.errors import EncryptionError
+from modelfab.store import keys
+from modelfab.traffic import sealing
+
 __all__ = ["PredictionLog", "encode_record", "new_prediction_id", "read_predictions"]
 
 log = logging.getLogger("modelfab.serve")
 
 SUFFIX = ".jsonl"
+SEGMENT_AGE_S = 3600.0
 
 
 _ids = itertools.count()
@@ -67,10 +77,23 @@ class PredictionLog:
     """Append-only, per-process JSON lines segments; safe to call from several threads."""
 
     def __init__(
-        self, home: Path, *, worker: str = "0", fsync_interval: float = 0.2, segment_bytes: int = 64 << 20
+        self,
+        home: Path,
+        *,
+        worker: str = "0",
+        fsync_interval: float = 0.2,
+        segment_bytes: int = 64 << 20,
+        segment_age: float = SEGMENT_AGE_S,
+        key: bytes | None = None,
     ) -> None:
+        """``key``: the workspace key (default: the one the workspace opened for ``home`` in this
+        process uses); a folder sealed with another key, or sealed while no key is given, is refused."""
         self.folder = Path(home) / "predictions"
         self.folder.mkdir(parents=True, exist_ok=True)
+        key = key if key is not None else keys.for_home(home)
+        sealing.check_folder(self.folder, key, create=True)
+        self._sealer = sealing.Sealer(key) if key is not None else None
+        self._segment_age = segment_age
         self._worker = worker
         self._fsync_interval = fsync_interval
         self._segment_bytes = segment_bytes
@@ -89,6 +112,7 @@ class PredictionLog:
         name = f"{time.time_ns():020d}-w{self._worker}-{os.getpid()}{SUFFIX}"
         self._fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._written = 0
+        self._opened = time.monotonic()
 
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Write records (``id``, ``model``, ``version``, ``time``, ``inputs``, ``outputs``) in one call."""
@@ -97,10 +121,14 @@ class PredictionLog:
 
     def write_lines(self, lines: Sequence[bytes]) -> None:
         """Append lines made by :func:`encode_record`, in one ``os.write`` where the kernel takes it all."""
+        if self._sealer is not None:
+            lines = [self._sealer.seal_line(line) for line in lines]
         data = b"\n".join(lines) + b"\n"
         with self._lock:
             if self._fd < 0:
                 raise OSError("prediction log is closed")
+            if time.monotonic() - self._opened > self._segment_age:
+                self._open_segment()
             view = memoryview(data)
             while view:
                 n = os.write(self._fd, view)
@@ -143,19 +171,35 @@ class PredictionLog:
                 self._fd = -1
 
 
-def read_predictions(home: Path | str) -> Iterator[dict[str, Any]]:
+def read_predictions(home: Path | str, key: bytes | None = None) -> Iterator[dict[str, Any]]:
     """Every logged prediction under ``{home}/predictions``, segment by segment in creation order.
 
-    A torn last line (a worker killed mid-write, before its response went out) is skipped.
+    A torn last line (a worker killed mid-write, before its response went out) is skipped, and so is a
+    sealed line that fails its check. ``key``: as for :class:`PredictionLog`.
     """
+    from cryptography.exceptions import InvalidTag
+
     folder = Path(home) / "predictions"
     if not folder.is_dir():
         return
+    key = key if key is not None else keys.for_home(home)
+    sealing.check_folder(folder, key, create=False)
+    sealer = sealing.Sealer(key) if key is not None else None
     for path in sorted(folder.glob(f"*{SUFFIX}")):
         with path.open("rb") as fh:
             for line in fh:
                 if not line.endswith(b"\n"):
                     break
+                if sealing.is_sealed_line(line):
+                    if sealer is None:
+                        raise EncryptionError(
+                            f"the prediction log {path} is encrypted and no key is set; "
+                            "set MODELFAB_ENCRYPTION_KEY or MODELFAB_ENCRYPTION_KEY_FILE"
+                        )
+                    try:
+                        line = sealer.open_line(line.rstrip(b"\n"))
+                    except (InvalidTag, ValueError):
+                        continue
                 try:
                     yield orjson.loads(line)
                 except orjson.JSONDecodeError:
