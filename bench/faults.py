@@ -383,6 +383,7 @@ def main() -> None:
     server = ServerProcess(home, serve_args(port, workers="2", grpc=False), port, home / "serve.log")
     procs = Processes()
     results: list[Result] = []
+    interrupted = False
     try:
         server.start(timeout=90)
         assert server.proc is not None
@@ -416,6 +417,8 @@ def main() -> None:
         phase("kill loop", during=kill_loop(home, procs, loop_bound), max_seconds=2 * loop_bound)
         clients.skew = None
         phase("quiet after")
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         procs.stop_all()
         code = server.stop()
@@ -438,6 +441,9 @@ def main() -> None:
             print(f"{r.name}: errors {dict(r.tally.errors)}")
     lost = sum(r.lost for r in results)
     print(f"\nfeedback acknowledged: {sum(len(r.tally.acked) for r in results)}, lost: {lost}")
+    if interrupted:
+        print(f"interrupted: the table shows the phases that finished; workspace kept: {home}")
+        sys.exit(130)
     if not args.keep:
         shutil.rmtree(home.parent, ignore_errors=True)
     else:
