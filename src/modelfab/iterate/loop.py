@@ -2,6 +2,11 @@
 
 A pass derives every model's phase from the database (a trial running, a challenger awaiting its gate, or
 plain watching), so a loop restarted after a crash carries on where the recorded state says it was.
+
+A failure while watching, retraining, gating or trialling one model is that model's alone: it is recorded
+in its history as an ``error`` decision and the model sits out a growing number of passes
+(:class:`~modelfab.iterate.faults.Backoff`) while the others carry on. Batched work (watching, one
+production run for all retrains) is split in halves until the failing models are found.
 """
 
 from __future__ import annotations
@@ -9,11 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from modelfab.iterate.decisions import CHALLENGER, DecisionLog, DecisionRecord, Deployment
+from modelfab.iterate.decisions import CHALLENGER, DecisionLog, DecisionRecord, Deployment, Superseded
+from modelfab.iterate.faults import Backoff, describe
 from modelfab.iterate.leader import Leadership
 from modelfab.iterate.monitor import ProfileCache, VersionReport, online_metric, watch_versions
 from modelfab.iterate.policy import (
@@ -36,6 +44,8 @@ __all__ = ["IterationLoop", "PassReport"]
 
 log = logging.getLogger("modelfab.iterate")
 STEPS = ("retrain", "reject", "canary", "promote", "rollback")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -45,9 +55,23 @@ class PassReport:
     watched: int = 0
     actions: list[tuple[str, str, str]] = field(default_factory=list)  # (model, action, reason)
     standby: list[str] = field(default_factory=list)  # recipes another loop process leads
+    backing_off: list[str] = field(default_factory=list)  # models sitting out this pass after failing
 
     def count(self, action: str) -> int:
         return sum(1 for a in self.actions if a[1] == action)
+
+
+@dataclass
+class _Retrain:
+    """One model's share of a retraining run: why, and the labelled traffic it adds."""
+
+    mv: ModelVersion
+    verdict: Verdict
+    vr: VersionReport
+    frame: Any
+    added: int
+    until: float | None
+    replace: bool
 
 
 @dataclass
@@ -78,11 +102,14 @@ class IterationLoop:
         # One loop process acts on a recipe at a time; run_forever keeps the lead between passes.
         self.leader = Leadership(ws.engine, ws.registry.tenant, ws.settings.home)
         self._keep_lead = False
+        self.backoff = Backoff()
+        self._failed_now: set[str] = set()
 
     # ------------------------------------------------------------------ driving
     def run_once(self) -> PassReport:
         started = time.monotonic()
         report = PassReport(indexed=self.index.sync())
+        self.backoff.next_pass()
         try:
             for recipe, file in self.recipes:
                 assert recipe.iterate is not None
@@ -120,7 +147,26 @@ class IterationLoop:
     # ------------------------------------------------------------------ one recipe
     def _pass(self, recipe: Recipe, file: str, spec: IterateSpec, report: PassReport) -> None:
         models = self._models(recipe)
-        names = sorted(models.champion)
+        names: list[str] = []
+        for name in sorted(models.champion):
+            (report.backing_off if self.backoff.waiting(name) else names).append(name)
+        self._failed_now = set()
+        try:
+            self._models_pass(recipe, file, spec, models, names, report)
+        finally:
+            for name in names:
+                if name not in self._failed_now:
+                    self.backoff.succeeded(name)
+
+    def _models_pass(
+        self,
+        recipe: Recipe,
+        file: str,
+        spec: IterateSpec,
+        models: _Models,
+        names: list[str],
+        report: PassReport,
+    ) -> None:
         deployments = self.log.deployments()
         last_step = self.log.latest(names, STEPS)
         last_any = self.log.latest(names)
@@ -129,40 +175,65 @@ class IterationLoop:
             dep = deployments.get(name)
             step = last_step.get(name)
             if dep is not None:
-                self._judge_trial(spec, models, dep, report)
+                with self._guard(name, "trial", report):
+                    self._judge_trial(spec, models, dep, report)
             elif name in models.challenger and step is not None and step.action == "retrain":
-                self._gate(spec, models, name, step.trigger, report)
+                with self._guard(name, "gate", report):
+                    self._gate(spec, models, name, step.trigger, report)
             else:
                 watching.append(models.champion[name])
         if not watching:
             return
-        reports = watch_versions(self.ws, watching, spec.window, self.profiles, spec.since(self.clock()))
+        since = spec.since(self.clock())
+        reports: dict[tuple[str, int], VersionReport] = {}
+        for _, part in self._isolated(
+            watching,
+            lambda mv: mv.name,
+            lambda batch: watch_versions(self.ws, batch, spec.window, self.profiles, since),
+            "watch",
+            report,
+        ):
+            reports.update(part)
+        watching = [mv for mv in watching if (mv.name, mv.version) in reports]
         save_snapshots(self.ws.engine, self.ws.registry.tenant, reports.values())
         report.watched += len(watching)
         cooldown = parse_duration(spec.cooldown)
         now = self.clock()
         todo: list[tuple[ModelVersion, Verdict, VersionReport]] = []
         for mv in watching:
-            vr = reports[(mv.name, mv.version)]
-            step = last_step.get(mv.name)
-            since = None if step is None else now - step.time.timestamp()
-            ev = WatchEvidence(
-                mv.metric or recipe.metric,
-                mv.score,
-                vr.online,
-                vr.labelled,
-                vr.rows,
-                vr.max_psi,
-                vr.worst_feature,
-                self._new_labels(spec, mv.name, last_step.get(mv.name)),
-            )
-            verdict = watch_verdict(spec, ev, since, cooldown)
-            if verdict.action == "retrain":
-                todo.append((mv, verdict, vr))
-            elif verdict.action == "hold":
-                self._hold(mv, verdict, vr, last_any.get(mv.name), report)
+            with self._guard(mv.name, "watch", report):
+                verdict, vr = self._watch_verdict(recipe, spec, mv, reports, last_step, now, cooldown)
+                if verdict.action == "retrain":
+                    todo.append((mv, verdict, vr))
+                elif verdict.action == "hold":
+                    self._hold(mv, verdict, vr, last_any.get(mv.name), report)
         if todo:
             self._retrain(recipe, file, spec, todo, report)
+
+    def _watch_verdict(
+        self,
+        recipe: Recipe,
+        spec: IterateSpec,
+        mv: ModelVersion,
+        reports: dict[tuple[str, int], VersionReport],
+        last_step: dict[str, DecisionRecord],
+        now: float,
+        cooldown: float,
+    ) -> tuple[Verdict, VersionReport]:
+        vr = reports[(mv.name, mv.version)]
+        step = last_step.get(mv.name)
+        since = None if step is None else now - step.time.timestamp()
+        ev = WatchEvidence(
+            mv.metric or recipe.metric,
+            mv.score,
+            vr.online,
+            vr.labelled,
+            vr.rows,
+            vr.max_psi,
+            vr.worst_feature,
+            self._new_labels(spec, mv.name, last_step.get(mv.name)),
+        )
+        return watch_verdict(spec, ev, since, cooldown), vr
 
     def _models(self, recipe: Recipe) -> _Models:
         versions = self.ws.registry.list_versions(recipe=recipe.name, all_versions=True, limit=10**7)
@@ -221,72 +292,168 @@ class IterationLoop:
         report: PassReport,
     ) -> None:
         from modelfab.data.datasets import load_dataset
+
+        try:
+            base = self.ws.registry.get_dataset(recipe.dataset_name)
+            columns = list(load_dataset(self.ws, base).columns)
+            last_retrain = self.log.latest([mv.name for mv, _, _ in todo], ["retrain"])
+        except Exception as exc:
+            for mv, _, _ in todo:
+                self._failed(mv.name, "retrain", exc, report)
+            return
+        prepared: list[_Retrain] = []
+        for mv, verdict, vr in todo:
+            with self._guard(mv.name, "retrain", report):
+                prepared.append(self._prepare(recipe, spec, columns, mv, verdict, vr, last_retrain))
+        for batch, (dataset, run) in self._isolated(
+            prepared, lambda r: r.mv.name, lambda b: self._produce(recipe, file, b), "retrain", report
+        ):
+            fresh = self._models(recipe)
+            for item in batch:
+                with self._guard(item.mv.name, "retrain", report):
+                    self._record_retrain(spec, fresh, item, dataset, run, report)
+
+    def _prepare(
+        self,
+        recipe: Recipe,
+        spec: IterateSpec,
+        columns: list[str],
+        mv: ModelVersion,
+        verdict: Verdict,
+        vr: VersionReport,
+        last_retrain: dict[str, DecisionRecord],
+    ) -> _Retrain:
+        prev = last_retrain.get(mv.name)
+        after = None if prev is None else prev.evidence.get("traffic_until")
+        since = spec.since(self.clock())
+        if since is not None:
+            after = since if after is None else max(after, since)
+        rows = labelled_rows(self.ws.engine, self.ws.registry.tenant, mv.name, spec.window, after)
+        train = rows.take(~judge_mask(rows))
+        # Drift and a metric drop say the partition's world changed: its old rows would teach the
+        # challenger the behaviour that no longer holds, so recent traffic replaces them (when there
+        # is enough of it). ``new_labels`` only adds data to an unchanged world.
+        replace = (
+            verdict.trigger != "new_labels" and mv.partition is not None and len(train) >= recipe.min_rows
+        )
+        return _Retrain(
+            mv,
+            verdict,
+            vr,
+            traffic_frame(recipe, columns, mv.partition, train),
+            len(train),
+            float(rows.predicted_at.max()) if len(rows) else after,
+            replace,
+        )
+
+    def _produce(self, recipe: Recipe, file: str, batch: list[_Retrain]) -> tuple[Any, Any]:
         from modelfab.factory import produce
 
-        base = self.ws.registry.get_dataset(recipe.dataset_name)
-        columns = list(load_dataset(self.ws, base).columns)
-        last_retrain = self.log.latest([mv.name for mv, _, _ in todo], ["retrain"])
-        frames, added, until, replace = [], {}, {}, []
-        for mv, verdict, _ in todo:
-            prev = last_retrain.get(mv.name)
-            after = None if prev is None else prev.evidence.get("traffic_until")
-            since = spec.since(self.clock())
-            if since is not None:
-                after = since if after is None else max(after, since)
-            rows = labelled_rows(self.ws.engine, self.ws.registry.tenant, mv.name, spec.window, after)
-            train = rows.take(~judge_mask(rows))
-            frames.append(traffic_frame(recipe, columns, mv.partition, train))
-            added[mv.name] = len(train)
-            # Drift and a metric drop say the partition's world changed: its old rows would teach the
-            # challenger the behaviour that no longer holds, so recent traffic replaces them (when there
-            # is enough of it). ``new_labels`` only adds data to an unchanged world.
-            if verdict.trigger != "new_labels" and mv.partition is not None and len(train) >= recipe.min_rows:
-                replace.append(mv.partition)
-            until[mv.name] = float(rows.predicted_at.max()) if len(rows) else after
-        dataset = build_dataset(self.ws, recipe, frames, replace)
-        keys = [mv.name.removeprefix(f"{recipe.name}.") for mv, _, _ in todo]
+        replace = [r.mv.partition for r in batch if r.replace and r.mv.partition is not None]
+        dataset = build_dataset(self.ws, recipe, [r.frame for r in batch], replace)
         run = produce(
             self.ws,
             recipe,
             recipe_file=file,
             dataset=dataset,
-            only=keys,
+            only=[r.mv.name.removeprefix(f"{recipe.name}.") for r in batch],
             alias=CHALLENGER,
             workers=self.workers,
         )
-        fresh = self._models(recipe)
-        for mv, verdict, vr in todo:
-            ch = fresh.challenger.get(mv.name)
-            new = ch if ch is not None and ch.run_id == run.run_id else None
-            evidence = {
-                **vr.to_json(),
-                "dataset": dataset.ref,
-                "run_id": run.run_id,
-                "traffic_rows": added[mv.name],
-                "traffic_until": until[mv.name],
-                "holdout_score": None if new is None else new.score,
-            }
-            how = "replacing its older rows" if mv.partition in replace else "added to its training rows"
-            reason = (
-                f"{verdict.reason}; retrained on {dataset.ref} ({added[mv.name]} labelled traffic rows {how})"
-            )
-            self.log.record(
-                mv.name,
-                "retrain",
-                reason,
-                trigger=verdict.trigger,
-                version=None if new is None else new.version,
-                champion=mv.version,
-                challenger=None if new is None else new.version,
-                evidence=evidence,
-            )
-            report.actions.append((mv.name, "retrain", reason))
-            if new is None:
-                why = _failure(run, mv.partition) or "the new version did not pass the recipe's gate"
-                self.log.reject(mv.name, None, mv.version, f"no challenger: {why}", {}, verdict.trigger)
-                report.actions.append((mv.name, "reject", why))
-            else:
-                self._gate(spec, fresh, mv.name, verdict.trigger, report)
+        return dataset, run
+
+    def _record_retrain(
+        self, spec: IterateSpec, fresh: _Models, item: _Retrain, dataset: Any, run: Any, report: PassReport
+    ) -> None:
+        mv, verdict = item.mv, item.verdict
+        ch = fresh.challenger.get(mv.name)
+        new = ch if ch is not None and ch.run_id == run.run_id else None
+        evidence = {
+            **item.vr.to_json(),
+            "dataset": dataset.ref,
+            "run_id": run.run_id,
+            "traffic_rows": item.added,
+            "traffic_until": item.until,
+            "holdout_score": None if new is None else new.score,
+        }
+        how = "replacing its older rows" if item.replace else "added to its training rows"
+        reason = f"{verdict.reason}; retrained on {dataset.ref} ({item.added} labelled traffic rows {how})"
+        self.log.record(
+            mv.name,
+            "retrain",
+            reason,
+            trigger=verdict.trigger,
+            version=None if new is None else new.version,
+            champion=mv.version,
+            challenger=None if new is None else new.version,
+            evidence=evidence,
+        )
+        report.actions.append((mv.name, "retrain", reason))
+        if new is None:
+            why = _failure(run, mv.partition) or "the new version did not pass the recipe's gate"
+            self.log.reject(mv.name, None, mv.version, f"no challenger: {why}", {}, verdict.trigger)
+            report.actions.append((mv.name, "reject", why))
+        else:
+            self._gate(spec, fresh, mv.name, verdict.trigger, report)
+
+    # ------------------------------------------------------------------ faults
+    @contextmanager
+    def _guard(self, name: str, step: str, report: PassReport) -> Iterator[None]:
+        """Keeps a failure of ``step`` for one model to that model (see the module docstring)."""
+        try:
+            yield
+        except Superseded as exc:
+            # A person's promote or rollback changed the model since this pass read it: not a failure;
+            # the next pass decides from the new state.
+            log.info("%s: %s skipped: %s", name, step, exc)
+        except Exception as exc:
+            self._failed(name, step, exc, report)
+
+    def _isolated(
+        self,
+        items: list[T],
+        name_of: Callable[[T], str],
+        run: Callable[[list[T]], R],
+        step: str,
+        report: PassReport,
+    ) -> list[tuple[list[T], R]]:
+        """``run`` over all ``items`` at once; when that fails, over each half in turn, down to the single
+        items that fail, which are recorded as failed. Returns each batch that ran with its result."""
+        if not items:
+            return []
+        try:
+            return [(items, run(items))]
+        except Exception as exc:
+            if len(items) == 1:
+                self._failed(name_of(items[0]), step, exc, report)
+                return []
+            log.info("%s of %d models failed together (%s); trying halves", step, len(items), describe(exc))
+        half = len(items) // 2
+        return self._isolated(items[:half], name_of, run, step, report) + self._isolated(
+            items[half:], name_of, run, step, report
+        )
+
+    def _failed(self, name: str, step: str, exc: Exception, report: PassReport) -> None:
+        self._failed_now.add(name)
+        failures, wait = self.backoff.failed(name)
+        reason = (
+            f"{step} failed: {describe(exc)}; retrying after {wait} pass{'' if wait == 1 else 'es'} "
+            f"(failure {failures} in a row)"
+        )
+        log.warning("%s: %s", name, reason)
+        # Frames only: the exception's message may carry what describe() masks.
+        log.debug("%s: %s failed at\n%s", name, step, "".join(traceback.format_tb(exc.__traceback__)))
+        report.actions.append((name, "error", reason))
+        evidence = {
+            "step": step,
+            "error": type(exc).__name__,
+            "failures": failures,
+            "retry_after_passes": wait,
+        }
+        try:
+            self.log.record(name, "error", reason, evidence=evidence)
+        except Exception as again:  # the database itself may be what failed; the pass still goes on
+            log.warning("%s: could not record the failure: %s", name, describe(again))
 
     # ------------------------------------------------------------------ gate
     def _gate(
@@ -341,11 +508,12 @@ class IterationLoop:
             len(ch_rows),
             online_metric(champion_mv, champ_rows),
             len(champ_rows),
+            self.clock() - dep.started_at.timestamp(),
         )
         if verdict.action == "promote":
-            self.log.promote(dep.name, dep.version, verdict.reason, verdict.evidence)
+            self.log.promote(dep.name, dep.version, verdict.reason, verdict.evidence, trial=dep)
         elif verdict.action == "rollback":
-            self.log.rollback(dep.name, verdict.reason, verdict.evidence)
+            self.log.rollback(dep.name, verdict.reason, verdict.evidence, trial=dep)
         else:
             return
         report.actions.append((dep.name, verdict.action, verdict.reason))
