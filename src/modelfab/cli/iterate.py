@@ -180,7 +180,7 @@ def history(
     name: Annotated[str, typer.Argument(help="Model name.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """The model's decisions: retrain, reject, canary, promote, rollback, hold, with their evidence."""
+    """The model's decisions: retrain, reject, canary, promote, rollback, hold, error, with their evidence."""
     from modelfab.iterate.decisions import DecisionLog
 
     ws = open_workspace()
