@@ -44,7 +44,8 @@ def test_a_trial_without_labels_is_rolled_back_at_its_timeout(
     assert CHALLENGER not in ws.registry.get_version(NAME, 2).aliases
     last = log.history(NAME)[-1]
     assert (last.action, last.champion, last.challenger, last.evidence["mode"]) == ("rollback", 1, 2, mode)
-    assert last.evidence["timeout_s"] == 7200 and last.evidence["elapsed_s"] >= 7200
+    assert last.trigger == "timeout" and last.evidence["timeout_s"] == 7200
+    assert last.evidence["elapsed_s"] >= 7200
     assert loop.run_once().actions == []  # the trial is over; nothing else to do
 
 

@@ -258,6 +258,7 @@ class DecisionLog:
         evidence: dict[str, Any] | None = None,
         actor: str = LOOP,
         trial: Deployment | None = None,
+        trigger: str | None = None,
     ) -> int | None:
         """End a trial (the challenger is dropped), or with none running move the champion back to the
         version it replaced. Returns the champion afterwards. With ``trial`` only that trial is ended
@@ -274,6 +275,7 @@ class DecisionLog:
                     name,
                     "rollback",
                     reason,
+                    trigger=trigger,
                     version=champion,
                     champion=champion,
                     challenger=deployment.version,
@@ -294,6 +296,7 @@ class DecisionLog:
                 name,
                 "rollback",
                 reason,
+                trigger=trigger,
                 version=before,
                 champion=before,
                 challenger=current,

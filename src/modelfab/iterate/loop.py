@@ -3,10 +3,8 @@
 A pass derives every model's phase from the database (a trial running, a challenger awaiting its gate, or
 plain watching), so a loop restarted after a crash carries on where the recorded state says it was.
 
-A failure while watching, retraining, gating or trialling one model is that model's alone: it is recorded
-in its history as an ``error`` decision and the model sits out a growing number of passes
-(:class:`~modelfab.iterate.faults.Backoff`) while the others carry on. Batched work (watching, one
-production run for all retrains) is split in halves until the failing models are found.
+A failure while watching, retraining, gating or trialling one model is that model's alone
+(:class:`~modelfab.iterate.faults.Faults`): recorded in its history, the model backs off, the others carry on.
 """
 
 from __future__ import annotations
@@ -15,13 +13,12 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from modelfab.iterate.decisions import CHALLENGER, DecisionLog, DecisionRecord, Deployment, Superseded
-from modelfab.iterate.faults import Backoff, describe
+from modelfab.iterate.decisions import CHALLENGER, DecisionLog, DecisionRecord, Deployment
+from modelfab.iterate.faults import Faults, describe
 from modelfab.iterate.leader import Leadership
 from modelfab.iterate.monitor import ProfileCache, VersionReport, online_metric, watch_versions
 from modelfab.iterate.policy import (
@@ -44,8 +41,6 @@ __all__ = ["IterationLoop", "PassReport"]
 
 log = logging.getLogger("modelfab.iterate")
 STEPS = ("retrain", "reject", "canary", "promote", "rollback")
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -102,14 +97,13 @@ class IterationLoop:
         # One loop process acts on a recipe at a time; run_forever keeps the lead between passes.
         self.leader = Leadership(ws.engine, ws.registry.tenant, ws.settings.home)
         self._keep_lead = False
-        self.backoff = Backoff()
-        self._failed_now: set[str] = set()
+        self.faults = Faults(self.log)
 
     # ------------------------------------------------------------------ driving
     def run_once(self) -> PassReport:
         started = time.monotonic()
         report = PassReport(indexed=self.index.sync())
-        self.backoff.next_pass()
+        self.faults.next_pass()
         try:
             for recipe, file in self.recipes:
                 assert recipe.iterate is not None
@@ -137,8 +131,9 @@ class IterationLoop:
                     report = self.run_once()
                     if on_pass is not None:
                         on_pass(report)
-                except Exception:  # one bad pass must not end the service; the next one retries
-                    log.exception("iteration pass failed")
+                except Exception as exc:  # one bad pass must not end the service; the next one retries
+                    log.warning("iteration pass failed: %s", describe(exc))
+                    log.debug("at\n%s", "".join(traceback.format_tb(exc.__traceback__)))
                 stop.wait(interval)
         finally:
             self._keep_lead = False
@@ -149,14 +144,9 @@ class IterationLoop:
         models = self._models(recipe)
         names: list[str] = []
         for name in sorted(models.champion):
-            (report.backing_off if self.backoff.waiting(name) else names).append(name)
-        self._failed_now = set()
-        try:
-            self._models_pass(recipe, file, spec, models, names, report)
-        finally:
-            for name in names:
-                if name not in self._failed_now:
-                    self.backoff.succeeded(name)
+            (report.backing_off if self.faults.waiting(name) else names).append(name)
+        self._models_pass(recipe, file, spec, models, names, report)
+        self.faults.settle(names)
 
     def _models_pass(
         self,
@@ -175,10 +165,10 @@ class IterationLoop:
             dep = deployments.get(name)
             step = last_step.get(name)
             if dep is not None:
-                with self._guard(name, "trial", report):
+                with self.faults.guard(name, "trial", report.actions):
                     self._judge_trial(spec, models, dep, report)
             elif name in models.challenger and step is not None and step.action == "retrain":
-                with self._guard(name, "gate", report):
+                with self.faults.guard(name, "gate", report.actions):
                     self._gate(spec, models, name, step.trigger, report)
             else:
                 watching.append(models.champion[name])
@@ -186,12 +176,12 @@ class IterationLoop:
             return
         since = spec.since(self.clock())
         reports: dict[tuple[str, int], VersionReport] = {}
-        for _, part in self._isolated(
+        for _, part in self.faults.isolated(
             watching,
             lambda mv: mv.name,
             lambda batch: watch_versions(self.ws, batch, spec.window, self.profiles, since),
             "watch",
-            report,
+            report.actions,
         ):
             reports.update(part)
         watching = [mv for mv in watching if (mv.name, mv.version) in reports]
@@ -201,7 +191,7 @@ class IterationLoop:
         now = self.clock()
         todo: list[tuple[ModelVersion, Verdict, VersionReport]] = []
         for mv in watching:
-            with self._guard(mv.name, "watch", report):
+            with self.faults.guard(mv.name, "watch", report.actions):
                 verdict, vr = self._watch_verdict(recipe, spec, mv, reports, last_step, now, cooldown)
                 if verdict.action == "retrain":
                     todo.append((mv, verdict, vr))
@@ -299,18 +289,18 @@ class IterationLoop:
             last_retrain = self.log.latest([mv.name for mv, _, _ in todo], ["retrain"])
         except Exception as exc:
             for mv, _, _ in todo:
-                self._failed(mv.name, "retrain", exc, report)
+                self.faults.failed(mv.name, "retrain", exc, report.actions)
             return
         prepared: list[_Retrain] = []
         for mv, verdict, vr in todo:
-            with self._guard(mv.name, "retrain", report):
+            with self.faults.guard(mv.name, "retrain", report.actions):
                 prepared.append(self._prepare(recipe, spec, columns, mv, verdict, vr, last_retrain))
-        for batch, (dataset, run) in self._isolated(
-            prepared, lambda r: r.mv.name, lambda b: self._produce(recipe, file, b), "retrain", report
+        for batch, (dataset, run) in self.faults.isolated(
+            prepared, lambda r: r.mv.name, lambda b: self._produce(recipe, file, b), "retrain", report.actions
         ):
             fresh = self._models(recipe)
             for item in batch:
-                with self._guard(item.mv.name, "retrain", report):
+                with self.faults.guard(item.mv.name, "retrain", report.actions):
                     self._record_retrain(spec, fresh, item, dataset, run, report)
 
     def _prepare(
@@ -396,65 +386,6 @@ class IterationLoop:
         else:
             self._gate(spec, fresh, mv.name, verdict.trigger, report)
 
-    # ------------------------------------------------------------------ faults
-    @contextmanager
-    def _guard(self, name: str, step: str, report: PassReport) -> Iterator[None]:
-        """Keeps a failure of ``step`` for one model to that model (see the module docstring)."""
-        try:
-            yield
-        except Superseded as exc:
-            # A person's promote or rollback changed the model since this pass read it: not a failure;
-            # the next pass decides from the new state.
-            log.info("%s: %s skipped: %s", name, step, exc)
-        except Exception as exc:
-            self._failed(name, step, exc, report)
-
-    def _isolated(
-        self,
-        items: list[T],
-        name_of: Callable[[T], str],
-        run: Callable[[list[T]], R],
-        step: str,
-        report: PassReport,
-    ) -> list[tuple[list[T], R]]:
-        """``run`` over all ``items`` at once; when that fails, over each half in turn, down to the single
-        items that fail, which are recorded as failed. Returns each batch that ran with its result."""
-        if not items:
-            return []
-        try:
-            return [(items, run(items))]
-        except Exception as exc:
-            if len(items) == 1:
-                self._failed(name_of(items[0]), step, exc, report)
-                return []
-            log.info("%s of %d models failed together (%s); trying halves", step, len(items), describe(exc))
-        half = len(items) // 2
-        return self._isolated(items[:half], name_of, run, step, report) + self._isolated(
-            items[half:], name_of, run, step, report
-        )
-
-    def _failed(self, name: str, step: str, exc: Exception, report: PassReport) -> None:
-        self._failed_now.add(name)
-        failures, wait = self.backoff.failed(name)
-        reason = (
-            f"{step} failed: {describe(exc)}; retrying after {wait} pass{'' if wait == 1 else 'es'} "
-            f"(failure {failures} in a row)"
-        )
-        log.warning("%s: %s", name, reason)
-        # Frames only: the exception's message may carry what describe() masks.
-        log.debug("%s: %s failed at\n%s", name, step, "".join(traceback.format_tb(exc.__traceback__)))
-        report.actions.append((name, "error", reason))
-        evidence = {
-            "step": step,
-            "error": type(exc).__name__,
-            "failures": failures,
-            "retry_after_passes": wait,
-        }
-        try:
-            self.log.record(name, "error", reason, evidence=evidence)
-        except Exception as again:  # the database itself may be what failed; the pass still goes on
-            log.warning("%s: could not record the failure: %s", name, describe(again))
-
     # ------------------------------------------------------------------ gate
     def _gate(
         self, spec: IterateSpec, models: _Models, name: str, trigger: str | None, report: PassReport
@@ -513,7 +444,7 @@ class IterationLoop:
         if verdict.action == "promote":
             self.log.promote(dep.name, dep.version, verdict.reason, verdict.evidence, trial=dep)
         elif verdict.action == "rollback":
-            self.log.rollback(dep.name, verdict.reason, verdict.evidence, trial=dep)
+            self.log.rollback(dep.name, verdict.reason, verdict.evidence, trial=dep, trigger=verdict.trigger)
         else:
             return
         report.actions.append((dep.name, verdict.action, verdict.reason))
