@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import modelfab.factory
+from modelfab.cli import iterate as commands
 from modelfab.iterate.decisions import DecisionLog
 from modelfab.iterate.faults import Backoff, describe
 from modelfab.iterate.loop import IterationLoop
@@ -21,7 +22,10 @@ SECRET = "postgresql+psycopg://loop:hunter2@db.internal:5432/prod"
 
 
 def test_a_failing_retrain_is_recorded_and_backed_off_while_another_model_is_promoted(
-    produced: Workspace, traffic: Traffic, monkeypatch: pytest.MonkeyPatch
+    produced: Workspace,
+    traffic: Traffic,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ws = produced
     loop = IterationLoop(ws, [(make_recipe(), "<test>")], workers=1)
@@ -71,7 +75,11 @@ def test_a_failing_retrain_is_recorded_and_backed_off_while_another_model_is_pro
     assert backing_off[0] == [BROKEN] and backing_off[1] == [] and backing_off[2] == [BROKEN]
     assert DecisionLog(ws.registry).history(BROKEN)[-1].evidence["failures"] == 2
     monkeypatch.setattr(modelfab.factory, "produce", real_produce)
-    assert loop.run_once().backing_off == [BROKEN]
+    waiting = loop.run_once()
+    assert waiting.backing_off == [BROKEN]
+    capsys.readouterr()
+    commands._print_pass(waiting)  # what `modelfab iterate` prints after each pass
+    assert f"backing off after failures (see modelfab history): {BROKEN}" in capsys.readouterr().out
     retried = loop.run_once()
     assert retried.backing_off == [] and (BROKEN, "retrain") in [(m, a) for m, a, _ in retried.actions]
     assert [d.action for d in DecisionLog(ws.registry).history(BROKEN)][:3] == ["error", "error", "retrain"]

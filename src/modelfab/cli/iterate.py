@@ -262,6 +262,11 @@ def _print_pass(report: object) -> None:
     assert isinstance(report, PassReport)
     for model, action, reason in report.actions:
         console.print(f"{model}: {action}: {reason}", highlight=False)
+    if report.backing_off:
+        console.print(
+            f"backing off after failures (see modelfab history): {', '.join(report.backing_off)}",
+            highlight=False,
+        )
     console.print(
         f"pass: {report.watched} model(s) watched, {report.indexed} prediction row(s) indexed, "
         f"{len(report.actions)} decision(s), {report.seconds:.2f}s",
