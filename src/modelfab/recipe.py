@@ -123,9 +123,22 @@ class Serving(_Strict):
     max_wait_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
 
 
+_DURATION_RE = r"\d+(\.\d+)?(ms|s|m|h|d)"
+
+
 class Canary(_Strict):
     share: float = Field(default=0.2, gt=0.0, lt=1.0)
     min_labels: int = Field(default=100, ge=1)
+    # A trial whose labels stop coming would split traffic forever; after this long without min_labels
+    # it ends, the champion kept.
+    timeout: str = "7d"
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str) -> str:
+        if not re.fullmatch(_DURATION_RE, str(v)) or float(re.sub(r"[a-z]+$", "", str(v))) <= 0:
+            raise ValueError("timeout must be a positive duration such as 90s, 15m, 2h or 7d")
+        return str(v)
 
 
 class Triggers(_Strict):
@@ -147,7 +160,7 @@ class IterateSpec(_Strict):
     @field_validator("cooldown", "window_time")
     @classmethod
     def _duration(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is not None and not re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h|d)", str(v)):
+        if v is not None and not re.fullmatch(_DURATION_RE, str(v)):
             raise ValueError(f"{info.field_name} must be a duration such as 0s, 90s, 15m, 2h or 1d")
         return None if v is None else str(v)
 

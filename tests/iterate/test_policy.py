@@ -6,6 +6,7 @@ import pytest
 
 from modelfab.iterate.policy import (
     WatchEvidence,
+    backoff_passes,
     canary_verdict,
     gate_verdict,
     watch_verdict,
@@ -119,3 +120,23 @@ def test_durations() -> None:
     ]
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
+
+
+@pytest.mark.parametrize(
+    ("ch_n", "champ_n", "elapsed", "action"),
+    [
+        (0, 0, 7 * 86400 - 1, "wait"),
+        (0, 0, 7 * 86400, "rollback"),  # the default timeout is 7d
+        (99, 400, 30 * 86400, "rollback"),  # short of min_labels on one side is short
+        (100, 400, 30 * 86400, "promote"),  # enough labels: judged on them, however late
+    ],
+)
+def test_canary_timeout(ch_n: int, champ_n: int, elapsed: float, action: str) -> None:
+    verdict = canary_verdict(SPEC, "roc_auc", 0.80, ch_n, 0.70, champ_n, elapsed)
+    assert verdict.action == action
+    if action == "rollback":
+        assert verdict.reason.startswith("timeout after 7d") and verdict.trigger == "timeout"
+
+
+def test_backoff_passes() -> None:
+    assert [backoff_passes(n, cap=8) for n in range(1, 7)] == [1, 2, 4, 8, 8, 8]

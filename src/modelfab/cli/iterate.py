@@ -180,7 +180,7 @@ def history(
     name: Annotated[str, typer.Argument(help="Model name.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """The model's decisions: retrain, reject, canary, promote, rollback, hold, with their evidence."""
+    """The model's decisions: retrain, reject, canary, promote, rollback, hold, error, with their evidence."""
     from modelfab.iterate.decisions import DecisionLog
 
     ws = open_workspace()
@@ -262,6 +262,11 @@ def _print_pass(report: object) -> None:
     assert isinstance(report, PassReport)
     for model, action, reason in report.actions:
         console.print(f"{model}: {action}: {reason}", highlight=False)
+    if report.backing_off:
+        console.print(
+            f"backing off after failures (see modelfab history): {', '.join(report.backing_off)}",
+            highlight=False,
+        )
     console.print(
         f"pass: {report.watched} model(s) watched, {report.indexed} prediction row(s) indexed, "
         f"{len(report.actions)} decision(s), {report.seconds:.2f}s",

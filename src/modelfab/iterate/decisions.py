@@ -3,11 +3,17 @@
 Each step that moves traffic or aliases writes its alias moves, its deployment change and its decision in
 one transaction: a loop killed at any point leaves either the whole step or none of it, so there is always
 exactly one champion and the history matches the aliases.
+
+Steps on one model take turns (the write transaction plus a per-model ``serialize`` key) and read the state
+they act on inside that turn: a person's ``modelfab rollback`` and the loop's promotion of the same model
+never interleave. The loop decides from state it read earlier, so its steps name what they expect (the
+trial they end, the challenger they judge) and raise :class:`Superseded` when someone changed it since.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,17 +26,22 @@ from modelfab.store import Registry
 from modelfab.store import schema as t
 from modelfab.store.db import write_tx
 from modelfab.store.registry import CHAMPION
-from modelfab.store.sqlutil import aware
+from modelfab.store.sqlutil import aware, serialize
 
 __all__ = [
     "CHALLENGER",
     "DecisionLog",
     "DecisionRecord",
     "Deployment",
+    "Superseded",
 ]
 
 CHALLENGER = "challenger"
 LOOP = "loop"
+
+
+class Superseded(ConflictError):
+    """The loop's step was decided on state that another actor changed before the step ran."""
 
 
 @dataclass(frozen=True)
@@ -155,8 +166,10 @@ class DecisionLog:
         reason: str,
         evidence: dict[str, Any],
     ) -> None:
-        """Put ``version`` on trial (canary share or shadow) and record the ``canary`` decision."""
-        with write_tx(self.engine) as conn:
+        """Put challenger ``version`` on trial (canary share or shadow) and record the ``canary`` decision."""
+        with self._turn(name) as conn:
+            if self._current(conn, name, CHALLENGER) != version:
+                raise Superseded(f"model {name!r}: version {version} is no longer the challenger")
             conn.execute(sa.delete(t.deployments).where(_dep_key(name, self.tenant)))
             conn.execute(
                 sa.insert(t.deployments).values(
@@ -190,7 +203,9 @@ class DecisionLog:
         trigger: str | None = None,
     ) -> None:
         """Drop a challenger that failed its gate, with the decision, in one transaction."""
-        with write_tx(self.engine) as conn:
+        with self._turn(name) as conn:
+            if version is not None and self._current(conn, name, CHALLENGER) != version:
+                raise Superseded(f"model {name!r}: version {version} is no longer the challenger")
             self._drop_challenger(conn, name, version, reason)
             self.record(
                 name,
@@ -211,10 +226,15 @@ class DecisionLog:
         reason: str,
         evidence: dict[str, Any] | None = None,
         actor: str = LOOP,
+        trial: Deployment | None = None,
     ) -> int | None:
-        """Make ``version`` champion, end any trial, record it; one transaction. Returns the old champion."""
-        with write_tx(self.engine) as conn:
+        """Make ``version`` champion, end any trial, record it; one transaction. Returns the old champion.
+        With ``trial`` (the loop ending the trial it judged) it raises :class:`Superseded` unless that trial
+        is still running."""
+        with self._turn(name) as conn:
             self._check_version(conn, name, version)
+            if trial is not None:
+                self._expect_trial(conn, trial)
             previous = self._move(conn, name, CHAMPION, version, actor, reason)
             self._drop_challenger(conn, name, version, reason, actor)
             conn.execute(sa.delete(t.deployments).where(_dep_key(name, self.tenant)))
@@ -232,12 +252,21 @@ class DecisionLog:
         return previous
 
     def rollback(
-        self, name: str, reason: str, evidence: dict[str, Any] | None = None, actor: str = LOOP
+        self,
+        name: str,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+        actor: str = LOOP,
+        trial: Deployment | None = None,
+        trigger: str | None = None,
     ) -> int | None:
         """End a trial (the challenger is dropped), or with none running move the champion back to the
-        version it replaced. Returns the champion afterwards."""
-        deployment = self.deployments().get(name)
-        with write_tx(self.engine) as conn:
+        version it replaced. Returns the champion afterwards. With ``trial`` only that trial is ended
+        (:class:`Superseded` if it is over)."""
+        with self._turn(name) as conn:
+            deployment = self._deployment(conn, name)
+            if trial is not None:
+                self._expect_trial(conn, trial)
             if deployment is not None:
                 champion = self._current(conn, name, CHAMPION)
                 conn.execute(sa.delete(t.deployments).where(_dep_key(name, self.tenant)))
@@ -246,6 +275,7 @@ class DecisionLog:
                     name,
                     "rollback",
                     reason,
+                    trigger=trigger,
                     version=champion,
                     champion=champion,
                     challenger=deployment.version,
@@ -266,6 +296,7 @@ class DecisionLog:
                 name,
                 "rollback",
                 reason,
+                trigger=trigger,
                 version=before,
                 champion=before,
                 challenger=current,
@@ -276,6 +307,25 @@ class DecisionLog:
             return before
 
     # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _turn(self, name: str) -> Iterator[Connection]:
+        """A write transaction in which this model's steps take turns; read the state to act on inside."""
+        with write_tx(self.engine) as conn:
+            serialize(conn, "decision", self.tenant, name)
+            yield conn
+
+    def _deployment(self, conn: Connection, name: str) -> Deployment | None:
+        row = conn.execute(sa.select(t.deployments).where(_dep_key(name, self.tenant))).first()
+        return None if row is None else _deployment(row)
+
+    def _expect_trial(self, conn: Connection, trial: Deployment) -> None:
+        now = self._deployment(conn, trial.name)
+        if now is None or (now.version, now.started_at) != (trial.version, trial.started_at):
+            raise Superseded(
+                f"model {trial.name!r}: the trial of version {trial.version} ended or changed meanwhile; "
+                f"see: modelfab history {trial.name}"
+            )
+
     def _move(
         self, conn: Connection, name: str, alias: str, version: int | None, actor: str, reason: str
     ) -> int | None:

@@ -2,6 +2,9 @@
 
 A pass derives every model's phase from the database (a trial running, a challenger awaiting its gate, or
 plain watching), so a loop restarted after a crash carries on where the recorded state says it was.
+
+A failure while watching, retraining, gating or trialling one model is that model's alone
+(:class:`~modelfab.iterate.faults.Faults`): recorded in its history, the model backs off, the others carry on.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelfab.iterate.decisions import CHALLENGER, DecisionLog, DecisionRecord, Deployment
+from modelfab.iterate.faults import Faults, describe
 from modelfab.iterate.leader import Leadership
 from modelfab.iterate.monitor import ProfileCache, VersionReport, online_metric, watch_versions
 from modelfab.iterate.policy import (
@@ -45,9 +50,23 @@ class PassReport:
     watched: int = 0
     actions: list[tuple[str, str, str]] = field(default_factory=list)  # (model, action, reason)
     standby: list[str] = field(default_factory=list)  # recipes another loop process leads
+    backing_off: list[str] = field(default_factory=list)  # models sitting out this pass after failing
 
     def count(self, action: str) -> int:
         return sum(1 for a in self.actions if a[1] == action)
+
+
+@dataclass
+class _Retrain:
+    """One model's share of a retraining run: why, and the labelled traffic it adds."""
+
+    mv: ModelVersion
+    verdict: Verdict
+    vr: VersionReport
+    frame: Any
+    added: int
+    until: float | None
+    replace: bool
 
 
 @dataclass
@@ -78,11 +97,13 @@ class IterationLoop:
         # One loop process acts on a recipe at a time; run_forever keeps the lead between passes.
         self.leader = Leadership(ws.engine, ws.registry.tenant, ws.settings.home)
         self._keep_lead = False
+        self.faults = Faults(self.log)
 
     # ------------------------------------------------------------------ driving
     def run_once(self) -> PassReport:
         started = time.monotonic()
         report = PassReport(indexed=self.index.sync())
+        self.faults.next_pass()
         try:
             for recipe, file in self.recipes:
                 assert recipe.iterate is not None
@@ -110,8 +131,9 @@ class IterationLoop:
                     report = self.run_once()
                     if on_pass is not None:
                         on_pass(report)
-                except Exception:  # one bad pass must not end the service; the next one retries
-                    log.exception("iteration pass failed")
+                except Exception as exc:  # one bad pass must not end the service; the next one retries
+                    log.warning("iteration pass failed: %s", describe(exc))
+                    log.debug("at\n%s", "".join(traceback.format_tb(exc.__traceback__)))
                 stop.wait(interval)
         finally:
             self._keep_lead = False
@@ -120,7 +142,21 @@ class IterationLoop:
     # ------------------------------------------------------------------ one recipe
     def _pass(self, recipe: Recipe, file: str, spec: IterateSpec, report: PassReport) -> None:
         models = self._models(recipe)
-        names = sorted(models.champion)
+        names: list[str] = []
+        for name in sorted(models.champion):
+            (report.backing_off if self.faults.waiting(name) else names).append(name)
+        self._models_pass(recipe, file, spec, models, names, report)
+        self.faults.settle(names)
+
+    def _models_pass(
+        self,
+        recipe: Recipe,
+        file: str,
+        spec: IterateSpec,
+        models: _Models,
+        names: list[str],
+        report: PassReport,
+    ) -> None:
         deployments = self.log.deployments()
         last_step = self.log.latest(names, STEPS)
         last_any = self.log.latest(names)
@@ -129,40 +165,65 @@ class IterationLoop:
             dep = deployments.get(name)
             step = last_step.get(name)
             if dep is not None:
-                self._judge_trial(spec, models, dep, report)
+                with self.faults.guard(name, "trial", report.actions):
+                    self._judge_trial(spec, models, dep, report)
             elif name in models.challenger and step is not None and step.action == "retrain":
-                self._gate(spec, models, name, step.trigger, report)
+                with self.faults.guard(name, "gate", report.actions):
+                    self._gate(spec, models, name, step.trigger, report)
             else:
                 watching.append(models.champion[name])
         if not watching:
             return
-        reports = watch_versions(self.ws, watching, spec.window, self.profiles, spec.since(self.clock()))
+        since = spec.since(self.clock())
+        reports: dict[tuple[str, int], VersionReport] = {}
+        for _, part in self.faults.isolated(
+            watching,
+            lambda mv: mv.name,
+            lambda batch: watch_versions(self.ws, batch, spec.window, self.profiles, since),
+            "watch",
+            report.actions,
+        ):
+            reports.update(part)
+        watching = [mv for mv in watching if (mv.name, mv.version) in reports]
         save_snapshots(self.ws.engine, self.ws.registry.tenant, reports.values())
         report.watched += len(watching)
         cooldown = parse_duration(spec.cooldown)
         now = self.clock()
         todo: list[tuple[ModelVersion, Verdict, VersionReport]] = []
         for mv in watching:
-            vr = reports[(mv.name, mv.version)]
-            step = last_step.get(mv.name)
-            since = None if step is None else now - step.time.timestamp()
-            ev = WatchEvidence(
-                mv.metric or recipe.metric,
-                mv.score,
-                vr.online,
-                vr.labelled,
-                vr.rows,
-                vr.max_psi,
-                vr.worst_feature,
-                self._new_labels(spec, mv.name, last_step.get(mv.name)),
-            )
-            verdict = watch_verdict(spec, ev, since, cooldown)
-            if verdict.action == "retrain":
-                todo.append((mv, verdict, vr))
-            elif verdict.action == "hold":
-                self._hold(mv, verdict, vr, last_any.get(mv.name), report)
+            with self.faults.guard(mv.name, "watch", report.actions):
+                verdict, vr = self._watch_verdict(recipe, spec, mv, reports, last_step, now, cooldown)
+                if verdict.action == "retrain":
+                    todo.append((mv, verdict, vr))
+                elif verdict.action == "hold":
+                    self._hold(mv, verdict, vr, last_any.get(mv.name), report)
         if todo:
             self._retrain(recipe, file, spec, todo, report)
+
+    def _watch_verdict(
+        self,
+        recipe: Recipe,
+        spec: IterateSpec,
+        mv: ModelVersion,
+        reports: dict[tuple[str, int], VersionReport],
+        last_step: dict[str, DecisionRecord],
+        now: float,
+        cooldown: float,
+    ) -> tuple[Verdict, VersionReport]:
+        vr = reports[(mv.name, mv.version)]
+        step = last_step.get(mv.name)
+        since = None if step is None else now - step.time.timestamp()
+        ev = WatchEvidence(
+            mv.metric or recipe.metric,
+            mv.score,
+            vr.online,
+            vr.labelled,
+            vr.rows,
+            vr.max_psi,
+            vr.worst_feature,
+            self._new_labels(spec, mv.name, last_step.get(mv.name)),
+        )
+        return watch_verdict(spec, ev, since, cooldown), vr
 
     def _models(self, recipe: Recipe) -> _Models:
         versions = self.ws.registry.list_versions(recipe=recipe.name, all_versions=True, limit=10**7)
@@ -221,72 +282,109 @@ class IterationLoop:
         report: PassReport,
     ) -> None:
         from modelfab.data.datasets import load_dataset
+
+        try:
+            base = self.ws.registry.get_dataset(recipe.dataset_name)
+            columns = list(load_dataset(self.ws, base).columns)
+            last_retrain = self.log.latest([mv.name for mv, _, _ in todo], ["retrain"])
+        except Exception as exc:
+            for mv, _, _ in todo:
+                self.faults.failed(mv.name, "retrain", exc, report.actions)
+            return
+        prepared: list[_Retrain] = []
+        for mv, verdict, vr in todo:
+            with self.faults.guard(mv.name, "retrain", report.actions):
+                prepared.append(self._prepare(recipe, spec, columns, mv, verdict, vr, last_retrain))
+        for batch, (dataset, run) in self.faults.isolated(
+            prepared, lambda r: r.mv.name, lambda b: self._produce(recipe, file, b), "retrain", report.actions
+        ):
+            fresh = self._models(recipe)
+            for item in batch:
+                with self.faults.guard(item.mv.name, "retrain", report.actions):
+                    self._record_retrain(spec, fresh, item, dataset, run, report)
+
+    def _prepare(
+        self,
+        recipe: Recipe,
+        spec: IterateSpec,
+        columns: list[str],
+        mv: ModelVersion,
+        verdict: Verdict,
+        vr: VersionReport,
+        last_retrain: dict[str, DecisionRecord],
+    ) -> _Retrain:
+        prev = last_retrain.get(mv.name)
+        after = None if prev is None else prev.evidence.get("traffic_until")
+        since = spec.since(self.clock())
+        if since is not None:
+            after = since if after is None else max(after, since)
+        rows = labelled_rows(self.ws.engine, self.ws.registry.tenant, mv.name, spec.window, after)
+        train = rows.take(~judge_mask(rows))
+        # Drift and a metric drop say the partition's world changed: its old rows would teach the
+        # challenger the behaviour that no longer holds, so recent traffic replaces them (when there
+        # is enough of it). ``new_labels`` only adds data to an unchanged world.
+        replace = (
+            verdict.trigger != "new_labels" and mv.partition is not None and len(train) >= recipe.min_rows
+        )
+        return _Retrain(
+            mv,
+            verdict,
+            vr,
+            traffic_frame(recipe, columns, mv.partition, train),
+            len(train),
+            float(rows.predicted_at.max()) if len(rows) else after,
+            replace,
+        )
+
+    def _produce(self, recipe: Recipe, file: str, batch: list[_Retrain]) -> tuple[Any, Any]:
         from modelfab.factory import produce
 
-        base = self.ws.registry.get_dataset(recipe.dataset_name)
-        columns = list(load_dataset(self.ws, base).columns)
-        last_retrain = self.log.latest([mv.name for mv, _, _ in todo], ["retrain"])
-        frames, added, until, replace = [], {}, {}, []
-        for mv, verdict, _ in todo:
-            prev = last_retrain.get(mv.name)
-            after = None if prev is None else prev.evidence.get("traffic_until")
-            since = spec.since(self.clock())
-            if since is not None:
-                after = since if after is None else max(after, since)
-            rows = labelled_rows(self.ws.engine, self.ws.registry.tenant, mv.name, spec.window, after)
-            train = rows.take(~judge_mask(rows))
-            frames.append(traffic_frame(recipe, columns, mv.partition, train))
-            added[mv.name] = len(train)
-            # Drift and a metric drop say the partition's world changed: its old rows would teach the
-            # challenger the behaviour that no longer holds, so recent traffic replaces them (when there
-            # is enough of it). ``new_labels`` only adds data to an unchanged world.
-            if verdict.trigger != "new_labels" and mv.partition is not None and len(train) >= recipe.min_rows:
-                replace.append(mv.partition)
-            until[mv.name] = float(rows.predicted_at.max()) if len(rows) else after
-        dataset = build_dataset(self.ws, recipe, frames, replace)
-        keys = [mv.name.removeprefix(f"{recipe.name}.") for mv, _, _ in todo]
+        replace = [r.mv.partition for r in batch if r.replace and r.mv.partition is not None]
+        dataset = build_dataset(self.ws, recipe, [r.frame for r in batch], replace)
         run = produce(
             self.ws,
             recipe,
             recipe_file=file,
             dataset=dataset,
-            only=keys,
+            only=[r.mv.name.removeprefix(f"{recipe.name}.") for r in batch],
             alias=CHALLENGER,
             workers=self.workers,
         )
-        fresh = self._models(recipe)
-        for mv, verdict, vr in todo:
-            ch = fresh.challenger.get(mv.name)
-            new = ch if ch is not None and ch.run_id == run.run_id else None
-            evidence = {
-                **vr.to_json(),
-                "dataset": dataset.ref,
-                "run_id": run.run_id,
-                "traffic_rows": added[mv.name],
-                "traffic_until": until[mv.name],
-                "holdout_score": None if new is None else new.score,
-            }
-            how = "replacing its older rows" if mv.partition in replace else "added to its training rows"
-            reason = (
-                f"{verdict.reason}; retrained on {dataset.ref} ({added[mv.name]} labelled traffic rows {how})"
-            )
-            self.log.record(
-                mv.name,
-                "retrain",
-                reason,
-                trigger=verdict.trigger,
-                version=None if new is None else new.version,
-                champion=mv.version,
-                challenger=None if new is None else new.version,
-                evidence=evidence,
-            )
-            report.actions.append((mv.name, "retrain", reason))
-            if new is None:
-                why = _failure(run, mv.partition) or "the new version did not pass the recipe's gate"
-                self.log.reject(mv.name, None, mv.version, f"no challenger: {why}", {}, verdict.trigger)
-                report.actions.append((mv.name, "reject", why))
-            else:
-                self._gate(spec, fresh, mv.name, verdict.trigger, report)
+        return dataset, run
+
+    def _record_retrain(
+        self, spec: IterateSpec, fresh: _Models, item: _Retrain, dataset: Any, run: Any, report: PassReport
+    ) -> None:
+        mv, verdict = item.mv, item.verdict
+        ch = fresh.challenger.get(mv.name)
+        new = ch if ch is not None and ch.run_id == run.run_id else None
+        evidence = {
+            **item.vr.to_json(),
+            "dataset": dataset.ref,
+            "run_id": run.run_id,
+            "traffic_rows": item.added,
+            "traffic_until": item.until,
+            "holdout_score": None if new is None else new.score,
+        }
+        how = "replacing its older rows" if item.replace else "added to its training rows"
+        reason = f"{verdict.reason}; retrained on {dataset.ref} ({item.added} labelled traffic rows {how})"
+        self.log.record(
+            mv.name,
+            "retrain",
+            reason,
+            trigger=verdict.trigger,
+            version=None if new is None else new.version,
+            champion=mv.version,
+            challenger=None if new is None else new.version,
+            evidence=evidence,
+        )
+        report.actions.append((mv.name, "retrain", reason))
+        if new is None:
+            why = _failure(run, mv.partition) or "the new version did not pass the recipe's gate"
+            self.log.reject(mv.name, None, mv.version, f"no challenger: {why}", {}, verdict.trigger)
+            report.actions.append((mv.name, "reject", why))
+        else:
+            self._gate(spec, fresh, mv.name, verdict.trigger, report)
 
     # ------------------------------------------------------------------ gate
     def _gate(
@@ -341,11 +439,12 @@ class IterationLoop:
             len(ch_rows),
             online_metric(champion_mv, champ_rows),
             len(champ_rows),
+            self.clock() - dep.started_at.timestamp(),
         )
         if verdict.action == "promote":
-            self.log.promote(dep.name, dep.version, verdict.reason, verdict.evidence)
+            self.log.promote(dep.name, dep.version, verdict.reason, verdict.evidence, trial=dep)
         elif verdict.action == "rollback":
-            self.log.rollback(dep.name, verdict.reason, verdict.evidence)
+            self.log.rollback(dep.name, verdict.reason, verdict.evidence, trial=dep, trigger=verdict.trigger)
         else:
             return
         report.actions.append((dep.name, verdict.action, verdict.reason))

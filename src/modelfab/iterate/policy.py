@@ -10,11 +10,13 @@ from typing import Any
 
 from modelfab.factory.evaluate import better
 from modelfab.recipe import LOWER_IS_BETTER, IterateSpec
+from modelfab.units import parse_duration
 
 __all__ = [
     "ACTIONS",
     "Verdict",
     "WatchEvidence",
+    "backoff_passes",
     "canary_verdict",
     "fired_trigger",
     "gate_verdict",
@@ -123,9 +125,11 @@ def canary_verdict(
     challenger_n: int,
     champion: float | None,
     champion_n: int,
+    elapsed_s: float = 0.0,
 ) -> Verdict:
     """After ``canary.min_labels`` labelled trial predictions: promote a challenger at least as good as
-    the champion over the same period, roll back a worse one."""
+    the champion over the same period, roll back a worse one. A trial that has run ``canary.timeout``
+    (``elapsed_s``) without them ends with a rollback: the champion stays."""
     ev = {
         "metric": metric,
         "challenger": challenger,
@@ -135,6 +139,15 @@ def canary_verdict(
     }
     need = spec.canary.min_labels
     if challenger_n < need or champion_n < need:
+        timeout = parse_duration(spec.canary.timeout)
+        if elapsed_s >= timeout:
+            return Verdict(
+                "rollback",
+                f"timeout after {spec.canary.timeout}: {challenger_n}/{need} labelled challenger and "
+                f"{champion_n}/{need} champion predictions; the champion stays",
+                "timeout",
+                {**ev, "elapsed_s": round(elapsed_s, 3), "timeout_s": timeout},
+            )
         return Verdict("wait", f"{challenger_n}/{need} labelled trial predictions", None, ev)
     if challenger is None:
         return Verdict(
@@ -155,3 +168,8 @@ def canary_verdict(
         None,
         ev,
     )
+
+
+def backoff_passes(failures: int, cap: int = 32) -> int:
+    """Passes a model sits out after its ``failures``-th failure in a row: 1, 2, 4 ... up to ``cap``."""
+    return int(min(2 ** max(failures - 1, 0), cap))
