@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,9 +15,16 @@ import httpx
 import pytest
 from serve_helpers import FakeSource, MakeServer, wait_for
 
+from modelfab.errors import ConfigError, NotFoundError
 from modelfab.serve.models.cache import INLINE_LOAD_BYTES
+from modelfab.serve.models.source import WorkspaceSource, workspace_source
 from modelfab.serve.options import ServeOptions
+from modelfab.serve.server import DEFAULT_SOURCE
+from modelfab.serve.service import InferenceService
 from modelfab.serve.transport import feedback
+from modelfab.serve.workers.process import open_source
+from modelfab.serve.workers.supervisor import WorkerSpec
+from modelfab.settings import Settings
 
 # More than any default executor has threads (min(32, cores + 4)): enough to take all of it.
 FLOOD = 40
@@ -134,3 +142,63 @@ def test_a_feedback_flood_leaves_lookups_and_inferences_answering(
     for t in threads:
         t.join(60)
     assert codes == [200] * FLOOD
+
+
+def test_registry_connections_are_bounded_and_reported(pg_url: str, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", database_url=pg_url)
+    source = workspace_source(settings, pool_size=1, max_overflow=1)
+    assert isinstance(source, WorkspaceSource)
+    engine = source.workspace.engine
+    service = InferenceService(source, ServeOptions(), worker="3")
+
+    def gauges() -> tuple[float | None, float | None]:
+        service.refresh_gauges()
+        text = service.metrics.render().decode()
+        found = {}
+        for state in ("open", "checked_out"):
+            head = f'modelfab_db_connections{{pool="registry",state="{state}",worker="3"}} '
+            found[state] = next(
+                (float(x[len(head) :]) for x in text.splitlines() if x.startswith(head)), None
+            )
+        return found["open"], found["checked_out"]
+
+    try:
+        with pytest.raises(NotFoundError):
+            source.resolve("nope", None)  # a real query: one connection opened, back in the pool
+        assert gauges() == (1.0, 0.0)
+        held = [engine.connect(), engine.connect()]  # the pool and its one overflow connection
+        assert gauges() == (2.0, 2.0)
+        errors: list[BaseException] = []
+
+        def lookup() -> None:
+            try:
+                source.resolve("nope", None)
+            except BaseException as exc:
+                errors.append(exc)
+
+        waiting = threading.Thread(target=lookup)
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive()  # a third connection is not opened: the lookup waits for one
+        held.pop().close()
+        waiting.join(30)
+        assert [type(e) for e in errors] == [NotFoundError]
+        held.pop().close()
+        assert gauges() == (1.0, 0.0)  # the overflow connection is closed once returned
+    finally:
+        service.pools.close()
+        source.workspace.close()
+
+
+def test_the_serve_options_bound_the_default_source(tmp_path: Path, pg_url: str) -> None:
+    settings = Settings(home=tmp_path / "home", database_url=pg_url)
+    options = ServeOptions(db_pool_size=3, db_max_overflow=0)
+    spec = WorkerSpec(settings, "127.0.0.1", 0, None, options, DEFAULT_SOURCE)
+    source = open_source(spec)
+    assert isinstance(source, WorkspaceSource)
+    try:
+        assert source.workspace.engine.pool.size() == 3
+    finally:
+        source.workspace.close()
+    with pytest.raises(ConfigError, match="pool"):
+        workspace_source(settings, pool_size=0)

@@ -117,6 +117,10 @@ class WorkspaceSource:
     def __init__(self, workspace: Any) -> None:
         self._ws = workspace
 
+    @property
+    def workspace(self) -> Any:
+        return self._ws
+
     def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
         info: VersionInfo = self._ws.registry.get_version(name, ref)
         return info
