@@ -1,7 +1,9 @@
 """The supervisor: starts worker processes, restarts crashed ones at once, and applies the autoscaler.
 
 Workers come from a forkserver that has already imported the serving stack, so a replacement is serving
-well within two seconds of a crash, while the other workers keep answering on the shared port.
+well within two seconds of a crash, while the other workers keep answering on the shared port. Each worker
+has a pipe to the supervisor (:mod:`.control`): repository load/unload reach every worker through it, and
+each worker learns its share of the model memory as workers come and go.
 """
 
 from __future__ import annotations
@@ -187,8 +189,8 @@ class Supervisor:
                 self.relay.detach(i)
             self._slots[self.capacity + 1] += self.count - want
             self.count = want
-            # Retiring workers still hold their models for a moment: the survivors grow into the memory
-            # they free as they load more, not all at once.
+            # A bigger budget allocates nothing: the survivors fill it only as they load more models, by
+            # which time the retiring workers (finishing their requests in flight) have exited.
             self._rebalance(want)
         else:
             return
