@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import time
+from multiprocessing.connection import Connection
+from typing import Any
 
-from modelfab.serve.workers.control import Relay
+import pytest
+
+from modelfab.errors import UnavailableError
+from modelfab.serve.workers.control import Peers, Relay
 
 
 def _relay(wait_s: float = 5.0) -> Relay:
@@ -73,3 +79,71 @@ def test_workers_started_later_load_what_was_loaded_and_get_the_budget() -> None
     assert w1.recv() == ("budget", 500)
     assert w1.recv() == ("apply", None, "load", "b")  # "a" was unloaded since
     assert not w1.poll()
+
+
+class _Service:
+    """What Peers calls on the service; ``unload`` of ``busy`` fails as a real one can."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, str]] = []
+        self.budgets: list[int] = []
+
+    async def apply_repository(self, op: str, name: str) -> None:
+        if name == "busy":
+            raise UnavailableError("model busy is in use; retry")
+        self.applied.append((op, name))
+
+    def set_memory_budget(self, budget: int) -> None:
+        self.budgets.append(budget)
+
+
+async def _recv(conn: Connection) -> Any:
+    while not conn.poll():
+        await asyncio.sleep(0.01)
+    return conn.recv()
+
+
+def test_a_worker_applies_what_is_relayed_and_answers() -> None:
+    supervisor, theirs = mp.Pipe()
+    service = _Service()
+
+    async def scenario() -> list[Any]:
+        peers = Peers(theirs, 1, service)  # type: ignore[arg-type]
+        peers.start()
+        supervisor.send(("budget", 300))
+        supervisor.send(("apply", (0, 5), "unload", "m"))
+        supervisor.send(("apply", (0, 6), "unload", "busy"))
+        supervisor.send(("apply", None, "load", "n"))  # a replay for a new worker: nobody waits
+        answers = [await _recv(supervisor), await _recv(supervisor)]
+        peers.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [("applied", (0, 5), None), ("applied", (0, 6), "model busy is in use; retry")]
+    assert service.applied == [("unload", "m"), ("load", "n")]
+    assert service.budgets == [300]
+
+
+def test_fan_out_fails_naming_the_workers_that_did_not_apply() -> None:
+    supervisor, theirs = mp.Pipe()
+
+    async def scenario() -> tuple[Any, str, str]:
+        peers = Peers(theirs, 0, _Service())  # type: ignore[arg-type]
+        peers.start()
+        asked = asyncio.create_task(peers.fan_out("load", "m"))
+        ask = await _recv(supervisor)
+        supervisor.send(("done", ask[1], ["worker 2 (no answer within 15s)"]))
+        with pytest.raises(UnavailableError) as partial:
+            await asked
+        supervisor.close()  # the supervisor is gone
+        await asyncio.sleep(0.05)
+        with pytest.raises(UnavailableError) as gone:
+            await peers.fan_out("unload", "m")
+        return ask, partial.value.message, gone.value.message
+
+    ask, partial, gone = asyncio.run(scenario())
+    assert ask[0] == "ask" and ask[2:] == ("load", "m")
+    assert partial == (
+        "model m was loaded on worker 0 but not on worker 2 (no answer within 15s); retry the request"
+    )
+    assert "unloaded on worker 0 only" in gone
