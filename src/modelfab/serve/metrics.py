@@ -230,6 +230,16 @@ class ServeMetrics(CacheEvents):
         self.scale_events = Gauge(
             "modelfab_scale_events", "Autoscaler decisions so far", ["direction"], mode="max"
         )
+        # Per worker, read from state by each worker's reporter (InferenceService.refresh_gauges): its share
+        # of --max-memory, which changes as workers come and go, and its model source's database pool.
+        self.memory_budget = Gauge(
+            "modelfab_worker_memory_budget_bytes", "Model memory budget of a worker", ["worker"]
+        )
+        self.db_connections = Gauge(
+            "modelfab_db_connections",
+            "Database connections of a worker's pool: open, and checked out (in use)",
+            ["worker", "pool", "state"],
+        )
         self.families: tuple[_Family, ...] = tuple(v for v in vars(self).values() if isinstance(v, _Family))
         self.fanout: ScrapeFanout | None = None
         self.fanout_wait_s = 2.0

@@ -65,3 +65,7 @@ class ServeOptions:
     router_factory: Plugin | None = default_router
     extra_routes: Plugin | None = default_routes
     extra_metrics: Plugin | None = default_metrics
+    # Database connections each worker's model source keeps open, and how many more it may open under load
+    # (SQLAlchemy pool_size and max_overflow; PostgreSQL and other servers, not SQLite files).
+    db_pool_size: int = 2
+    db_max_overflow: int = 4

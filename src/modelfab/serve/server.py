@@ -12,7 +12,7 @@ from typing import Any
 from modelfab.errors import ConfigError
 from modelfab.serve.metrics import METRICS_DIR_ENV
 from modelfab.serve.options import Plugin, ServeOptions, default_metrics, default_router, default_routes
-from modelfab.serve.workers.autoscale import ScalePolicy
+from modelfab.serve.workers.autoscale import ScalePolicy, worker_budget
 from modelfab.serve.workers.supervisor import Supervisor, WorkerSpec
 from modelfab.units import parse_bytes
 
@@ -45,12 +45,16 @@ def run_server(
     router_factory: Plugin | None = default_router,
     extra_routes: Plugin | None = default_routes,
     extra_metrics: Plugin | None = default_metrics,
+    db_pool_size: int = 2,
+    db_max_overflow: int = 4,
 ) -> None:
     """Serve every registered model over OIP v2 REST (``port``) and gRPC (``grpc_port``; None: off).
 
     ``workers="auto"`` starts one worker and lets the autoscaler grow to the core count; a number fixes the
     count. ``max_memory_bytes`` (e.g. ``"512MiB"``) bounds the loaded models of the whole server: each
-    worker gets an equal share of it. ``router_factory``, ``extra_routes`` and ``extra_metrics`` plug in
+    running worker gets an equal share of it, rebalanced as the autoscaler adds or removes workers.
+    ``db_pool_size`` and ``db_max_overflow`` bound each worker's registry connections (PostgreSQL).
+    ``router_factory``, ``extra_routes`` and ``extra_metrics`` plug in
     canary routing, ``/v2/feedback`` and the loop's gauges (see ServeOptions; None turns one off).
     Blocks until SIGINT/SIGTERM.
     """
@@ -65,10 +69,14 @@ def run_server(
         raise ConfigError("--workers must be at least 1")
     if not 0.0 <= log_sample_rate <= 1.0:
         raise ConfigError("the prediction log sampling rate must be between 0 and 1")
-    capacity = policy.max_workers if policy else count
+    if db_pool_size < 1 or db_max_overflow < 0:
+        raise ConfigError(
+            f"the database pool needs a size of at least 1 and an overflow of at least 0, not {db_pool_size} "
+            f"and {db_max_overflow}"
+        )
     budget = parse_bytes(max_memory_bytes)
     options = ServeOptions(
-        max_memory_bytes=budget // capacity,
+        max_memory_bytes=worker_budget(budget, count),
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
         queue_size=queue_size,
@@ -81,6 +89,8 @@ def run_server(
         router_factory=router_factory,
         extra_routes=extra_routes,
         extra_metrics=extra_metrics,
+        db_pool_size=db_pool_size,
+        db_max_overflow=db_max_overflow,
     )
     home = Path(settings.home)
     run_dir = home / "run"
@@ -92,14 +102,14 @@ def run_server(
     # Set before the forkserver starts, so every worker inherits it.
     os.environ[METRICS_DIR_ENV] = str(metrics_dir)
     logging.basicConfig(level=log_level, format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
-    spec = WorkerSpec(settings, host, port, grpc_port, options, source_factory, log_level)
+    spec = WorkerSpec(settings, host, port, grpc_port, options, source_factory, log_level, budget)
     log.info(
-        "serving on http://%s:%d%s with %s worker(s), %d bytes of models per worker; metrics at /metrics",
+        "serving on http://%s:%d%s with %s worker(s) sharing %d bytes of models; metrics at /metrics",
         host,
         port,
         f" and grpc {host}:{grpc_port}" if grpc_port else "",
         workers,
-        options.max_memory_bytes,
+        budget,
     )
     try:
         Supervisor(spec, count, policy=policy, status_file=run_dir / "serve.json").run()

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelfab.errors import InvalidInputError, ModelfabError, UnavailableError
 from modelfab.serve.batchers import Batchers
@@ -23,14 +23,24 @@ from modelfab.serve.models.runtime import OnnxModel
 from modelfab.serve.models.shared import SharedGraphs
 from modelfab.serve.models.source import CachedSource, ModelSource, VersionInfo, check_model_name
 from modelfab.serve.options import Plugin, ServeOptions, default_metrics, default_router, default_routes
+from modelfab.serve.pools import Pools, run_in
 from modelfab.serve.recording import LogContext, Recorder
 from modelfab.serve.types import InferRequest, InferResponse, Router
 from modelfab.traffic.predlog import new_prediction_id
 
-__all__ = ["SERVER_EXTENSIONS", "InferenceService", "LogContext"]
+__all__ = ["SERVER_EXTENSIONS", "InferenceService", "LogContext", "Peers"]
 
 log = logging.getLogger("modelfab.serve")
 SERVER_EXTENSIONS = ["binary_tensor_data", "model_repository", "prediction_id"]
+
+
+class Peers(Protocol):
+    """The other workers of the server (see :mod:`modelfab.serve.workers.control`)."""
+
+    async def fan_out(self, op: str, name: str) -> None:
+        """Apply repository ``op`` (load, unload) to ``name`` on every other worker; raise when one did
+        not."""
+        ...
 
 
 class InferenceService:
@@ -55,6 +65,10 @@ class InferenceService:
         self._request_metrics: dict[tuple[tuple[str, str], str], tuple[Any, Any]] = {}
         self.source = CachedSource(source, ttl=self.options.resolve_ttl_s)
         self.metrics = metrics or ServeMetrics()
+        self.worker = worker
+        self.pools = Pools()
+        # Set by a worker process of a multi-worker server: repository load/unload then reach every worker.
+        self.peers: Peers | None = None
         self.prepared: PreparedGraphs | None = None
         # Prepared graphs are plain ONNX on local disk: never for a workspace encrypted at rest.
         sealed = settings is not None and bool(
@@ -71,6 +85,7 @@ class InferenceService:
             prepared=self.prepared,
             overhead=lambda: self.metrics.bookkeeping_bytes,
             shared=SharedGraphs(threads=self.options.ort_threads) if self.options.share_graphs else None,
+            load_executor=self.pools.load,
         )
         self._executor = ThreadPoolExecutor(self.options.run_threads, thread_name_prefix="modelfab-run")
         self.recorder = Recorder(
@@ -108,6 +123,7 @@ class InferenceService:
             await asyncio.wait(list(self._shadows), timeout=5)
         self.batchers.close()
         self._executor.shutdown(wait=True)
+        self.pools.close()
         self.recorder.close()
         if self.prepared is not None:
             self.prepared.close()
@@ -120,7 +136,7 @@ class InferenceService:
         check_model_name(name)
         if self.source.is_fresh(name, ref):
             return self.source.resolve(name, ref)
-        return await asyncio.to_thread(self.source.resolve, name, ref)
+        return await run_in(self.pools.lookup, self.source.resolve, name, ref)
 
     async def model(self, name: str, ref: str | int | None) -> tuple[VersionInfo, OnnxModel]:
         info = await self.resolve(name, ref)
@@ -138,7 +154,7 @@ class InferenceService:
         }
 
     async def index(self) -> list[dict[str, Any]]:
-        versions: Sequence[VersionInfo] = await asyncio.to_thread(self.source.index)
+        versions: Sequence[VersionInfo] = await run_in(self.pools.lookup, self.source.index)
         out = []
         for v in versions:
             loaded = self.cache.is_loaded(v.name, v.version)
@@ -153,12 +169,49 @@ class InferenceService:
         return out
 
     async def load(self, name: str) -> None:
-        await self.cache.load(await self.resolve(name, None), pin=True)
+        """Load and pin ``name`` in every worker (repository extension)."""
+        await self.apply_repository("load", name)
+        if self.peers is not None:
+            await self.peers.fan_out("load", name)
 
     async def unload(self, name: str) -> None:
-        check_model_name(name)
-        await asyncio.to_thread(self.source.resolve, name, None)  # 404 for unknown models
-        self.cache.unload(name)
+        """Unpin and unload ``name`` in every worker (repository extension)."""
+        await self.apply_repository("unload", name)
+        if self.peers is not None:
+            await self.peers.fan_out("unload", name)
+
+    async def apply_repository(self, op: str, name: str) -> None:
+        """Repository ``op`` (``load`` or ``unload``) in this worker only."""
+        if op == "load":
+            await self.cache.load(await self.resolve(name, None), pin=True)
+        elif op == "unload":
+            check_model_name(name)
+            await run_in(self.pools.lookup, self.source.resolve, name, None)  # 404 for unknown models
+            self.cache.unload(name)
+        else:
+            raise InvalidInputError(f"unknown repository operation {op!r}; use load or unload")
+
+    def set_memory_budget(self, budget_bytes: int) -> None:
+        """This worker's share of the server's model memory changed (workers were added or removed)."""
+        if budget_bytes == self.cache.budget:
+            return
+        dropped = self.cache.resize(budget_bytes)
+        log.info(
+            "model memory budget is now %d bytes per worker; %d model(s) unloaded to fit",
+            budget_bytes,
+            len(dropped),
+        )
+        self.refresh_gauges()
+
+    def refresh_gauges(self) -> None:
+        """Gauges read from state rather than updated as it changes: the memory budget and the source's
+        database connections. Cheap; called by the worker's reporter every tick."""
+        self.metrics.memory_budget.labels(self.worker).set(self.cache.budget)
+        pool = self.source.connections()
+        if pool is not None:
+            opened, checked_out = pool
+            self.metrics.db_connections.labels(self.worker, "registry", "open").set(opened)
+            self.metrics.db_connections.labels(self.worker, "registry", "checked_out").set(checked_out)
 
     # -- inference -------------------------------------------------------------------------------------
     def _route(self, name: str, ref: str | int | None, key: str | None) -> tuple[str | int | None, Any]:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,11 +122,14 @@ class ModelCache:
         prepared: PreparedGraphs | None = None,
         overhead: Callable[[], int] | None = None,
         shared: SharedGraphs | None = None,
+        load_executor: Executor | None = None,
     ) -> None:
         """``prepared``: where small models that load again and again keep their optimized graphs.
         ``overhead``: bytes of the budget taken by other things (per-model bookkeeping), read at each load.
         ``shared``: small models that differ only in their weights run on one session (:mod:`.shared`);
-        the shared sessions count against the budget."""
+        the shared sessions count against the budget. ``load_executor``: where models too big to load on
+        the event loop load (None: the loop's default executor)."""
+        self._load_executor = load_executor
         self._overhead = overhead
         self.shared = shared
         self._fetch = fetch
@@ -240,7 +244,8 @@ class ModelCache:
     async def _load_into(self, entry: _Entry) -> OnnxModel:
         started = time.monotonic()
         try:
-            model = await asyncio.to_thread(self._build, entry.info)
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(self._load_executor, self._build, entry.info)
         except Exception as exc:
             raise self._failed(entry, exc) from None
         finally:
@@ -323,9 +328,7 @@ class ModelCache:
             ) from None
 
     def _make_room(self, incoming: int) -> None:
-        used = self.used + (self._overhead() if self._overhead is not None else 0)
-        if self.shared is not None:
-            used += self.shared.resident_bytes
+        used = self._held()
         if used + incoming <= self.budget:
             return
         victims = choose_evictions(self._candidates(), used, self.budget, incoming, ordered=True)
@@ -381,6 +384,30 @@ class ModelCache:
                     self._drop(key, "unload")
                     dropped += 1
         return dropped
+
+    def resize(self, budget_bytes: int) -> list[Key]:
+        """Take a new budget (the server's memory divided anew among its workers): drop least recently
+        used idle models until what is held fits. Models in use and pinned ones stay; loads make room as
+        they become idle. Returns the keys dropped."""
+        self.budget = budget_bytes
+        used = self._held()
+        if used <= budget_bytes:
+            return []
+        victims = choose_evictions(self._candidates(), used, budget_bytes, 0, ordered=True)
+        if victims is None:  # cannot fit now: drop every idle model, the rest when it can go
+            victims = [c.key for c in self._candidates() if not c.busy]
+        for key in victims:
+            self._drop(key, "budget")
+        if self.shared is not None and self._held() > budget_bytes:
+            self.shared.drop_idle()
+        return victims
+
+    def _held(self) -> int:
+        """Bytes counted against the budget: models, per-model bookkeeping and shared sessions."""
+        used = self.used + (self._overhead() if self._overhead is not None else 0)
+        if self.shared is not None:
+            used += self.shared.resident_bytes
+        return used
 
     def sweep(self, ttl: float, now: float | None = None) -> list[Key]:
         """Unload models idle longer than ``ttl``."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from modelfab.errors import InvalidInputError, ModelfabError, NotFoundError
+from modelfab.errors import ConfigError, InvalidInputError, ModelfabError, NotFoundError
 
 __all__ = [
     "CachedSource",
@@ -28,6 +28,8 @@ __all__ = [
     "WorkspaceSource",
     "check_model_name",
     "parse_ref",
+    "pool_counts",
+    "workspace_source",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
@@ -115,6 +117,10 @@ class WorkspaceSource:
     def __init__(self, workspace: Any) -> None:
         self._ws = workspace
 
+    @property
+    def workspace(self) -> Any:
+        return self._ws
+
     def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
         info: VersionInfo = self._ws.registry.get_version(name, ref)
         return info
@@ -137,6 +143,10 @@ class WorkspaceSource:
             target=_listen_forever, args=(engine, on_change, stop), name="modelfab-alias-listen", daemon=True
         ).start()
         return True
+
+    def connections(self) -> tuple[int, int] | None:
+        """(open, checked out) connections of the registry's pool; None for a pool that does not count."""
+        return pool_counts(self._ws.registry.engine.pool)
 
     def generation(self) -> Any:
         import sqlalchemy as sa
@@ -279,9 +289,59 @@ class CachedSource:
     def index(self) -> Sequence[VersionInfo]:
         return self.inner.index()
 
+    def connections(self) -> tuple[int, int] | None:
+        """(open, checked out) database connections of the source, where it has a pool."""
+        count = getattr(self.inner, "connections", None)
+        return count() if callable(count) else None
 
-def workspace_source(settings: Any) -> ModelSource:
-    """The default source of ``modelfab serve``: the workspace of ``settings``."""
+
+def pool_counts(pool: Any) -> tuple[int, int] | None:
+    """(open, checked out) connections of a SQLAlchemy pool that keeps them (QueuePool and its kin)."""
+    checkedin, checkedout = getattr(pool, "checkedin", None), getattr(pool, "checkedout", None)
+    if not callable(checkedin) or not callable(checkedout):
+        return None
+    out = int(checkedout())
+    return int(checkedin()) + out, out
+
+
+# A worker needs few connections: lookups run on a few threads (serve/pools.py), plus housekeeping's
+# change check and, on PostgreSQL, the alias listener. Many workers times the driver defaults (15) would
+# exhaust a server's max_connections.
+DB_POOL_SIZE = 2
+DB_MAX_OVERFLOW = 4
+DB_POOL_TIMEOUT_S = 10.0
+
+
+def workspace_source(
+    settings: Any, *, pool_size: int = DB_POOL_SIZE, max_overflow: int = DB_MAX_OVERFLOW
+) -> ModelSource:
+    """The default source of ``modelfab serve``: the workspace of ``settings``, its database pool bounded
+    to ``pool_size`` connections kept open plus ``max_overflow`` more under load (PostgreSQL and other
+    servers; SQLite files keep the store's settings)."""
     from modelfab.store import Workspace
+    from modelfab.store.artifacts import ArtifactStore
+    from modelfab.store.db import create_engine, migrate
+    from modelfab.store.registry import Registry
 
-    return WorkspaceSource(Workspace.open(settings))
+    if pool_size < 1 or max_overflow < 0:
+        raise ConfigError(
+            f"the database pool needs at least 1 connection and no negative overflow, got pool size "
+            f"{pool_size} and overflow {max_overflow}"
+        )
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)  # the store's tuning and its errors for bad URLs
+    if engine.dialect.name != "sqlite":
+        import sqlalchemy as sa
+
+        url = engine.url
+        engine.dispose()
+        engine = sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=DB_POOL_TIMEOUT_S,
+        )
+    migrate(engine, lock_dir=settings.home)
+    artifacts = ArtifactStore(settings.resolved_artifact_url, settings.key_bytes())
+    return WorkspaceSource(Workspace(settings, engine, Registry(engine, settings.tenant), artifacts))

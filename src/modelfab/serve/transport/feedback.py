@@ -1,14 +1,15 @@
 """``POST /v2/feedback``: outcomes for the predictions the server answered, into :mod:`modelfab.traffic`.
 
 The server mounts :func:`routes`. Each worker process opens its own database engine on first use (never
-before a fork), and the blocking ingest runs in a thread so the event loop keeps serving inferences.
+before a fork), and the blocking ingest runs on a few threads of its own, so the event loop keeps serving
+inferences and a flood of feedback cannot take the threads that registry lookups and model loads use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from modelfab.errors import InvalidInputError, ModelfabError, PayloadTooLargeError
+from modelfab.serve.pools import run_in
 from modelfab.traffic.feedback import FeedbackStore, parse_items
 
 __all__ = ["MAX_BODY_BYTES", "routes"]
@@ -26,6 +28,8 @@ log = logging.getLogger("modelfab.iterate")
 MAX_BODY_BYTES = 32 << 20
 PUBLISH_EVERY_S = 0.5
 PEER_WAIT_S = 1.5
+# Ingest holds a database connection for a whole batch; more threads would only queue on the database.
+INGEST_THREADS = 2
 
 
 class _LazyStore:
@@ -84,6 +88,7 @@ def _json(doc: Any, status: int = 200) -> Response:
 def routes(settings: Any) -> list[Route]:
     """The feedback route; ``settings`` is the server's :class:`modelfab.settings.Settings`."""
     store = _LazyStore(settings)
+    ingest_pool = ThreadPoolExecutor(INGEST_THREADS, thread_name_prefix="modelfab-feedback")
     url = str(getattr(settings, "resolved_database_url", "sqlite"))
     if not url.startswith("sqlite"):
         # Several servers share this database: publish predictions continuously, not only on feedback.
@@ -99,7 +104,7 @@ def routes(settings: Any) -> list[Route]:
             except orjson.JSONDecodeError as exc:
                 raise InvalidInputError(f"feedback body is not valid JSON: {exc}") from None
             items = parse_items(doc)
-            result = await asyncio.to_thread(lambda: store.get().ingest(items))
+            result = await run_in(ingest_pool, lambda: store.get().ingest(items))
         except ModelfabError as exc:
             return _json({"error": exc.message}, exc.status_code)
         return _json(result.to_json())

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Autoscaler", "ScalePolicy", "desired_workers"]
+__all__ = ["Autoscaler", "ScalePolicy", "desired_workers", "worker_budget"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,12 @@ def desired_workers(current: int, samples: Sequence[float], policy: ScalePolicy)
         if max(recent) < policy.idle_inflight and current > lo:
             return current - 1
     return current
+
+
+def worker_budget(total_bytes: int, running: int) -> int:
+    """Each worker's share of the server's model memory: divided by the workers running now, not by the
+    most there could be, so one worker of an idle server may use all of it."""
+    return total_bytes // max(running, 1)
 
 
 class Autoscaler:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from modelfab.serve.metrics import ScrapeFanout, metrics_dir
-from modelfab.serve.models.source import ModelSource
+from modelfab.serve.models.source import ModelSource, workspace_source
 from modelfab.serve.service import InferenceService
+from modelfab.serve.workers.control import Peers
 from modelfab.serve.workers.worker import Worker
 
-__all__ = ["load_factory", "worker_main"]
+__all__ = ["load_factory", "open_source", "worker_main"]
 
 log = logging.getLogger("modelfab.serve")
 
@@ -28,6 +29,16 @@ def load_factory(path: str) -> Callable[[Any], ModelSource]:
     module, _, attr = path.partition(":")
     factory: Callable[[Any], ModelSource] = getattr(importlib.import_module(module), attr)
     return factory
+
+
+def open_source(spec: Any) -> ModelSource:
+    """The worker's model source; the default one gets the database pool bounds of the options."""
+    factory = load_factory(spec.source_factory)
+    if factory is workspace_source:
+        return workspace_source(
+            spec.settings, pool_size=spec.options.db_pool_size, max_overflow=spec.options.db_max_overflow
+        )
+    return factory(spec.settings)
 
 
 async def _report(service: InferenceService, worker: Worker, slots: Any, index: int, capacity: int) -> None:
@@ -53,6 +64,7 @@ async def _report(service: InferenceService, worker: Worker, slots: Any, index: 
             gc.set_threshold(50_000, 20, 20)
             frozen = True
         slots[index] = service.inflight
+        service.refresh_gauges()
         service.metrics.scale_events.labels("up").set(slots[capacity])
         service.metrics.scale_events.labels("down").set(slots[capacity + 1])
         if folder is not None:
@@ -76,14 +88,17 @@ def _write_snapshot(service: InferenceService, folder: Path, *, final: bool = Fa
         log.warning("cannot write the metrics snapshot: %s", exc)
 
 
-def worker_main(spec: Any, index: int, slots: Any, capacity: int) -> None:
+def worker_main(spec: Any, index: int, slots: Any, capacity: int, conn: Any = None) -> None:
+    """``conn``: this worker's end of its pipe to the supervisor (see :mod:`.control`)."""
     logging.basicConfig(
         level=spec.log_level, format=f"%(asctime)s worker-{index} %(levelname)s %(name)s: %(message)s"
     )
-    source = load_factory(spec.source_factory)(spec.settings)
+    source = open_source(spec)
     service = InferenceService(
         source, spec.options, home=Path(spec.settings.home), worker=str(index), settings=spec.settings
     )
+    peers = Peers(conn, index, service) if conn is not None else None
+    service.peers = peers
     worker = Worker(service, spec.host, spec.port, spec.grpc_port)
 
     async def main() -> None:
@@ -91,9 +106,13 @@ def worker_main(spec: Any, index: int, slots: Any, capacity: int) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
         reporter = asyncio.create_task(_report(service, worker, slots, index, capacity))
+        if peers is not None:
+            peers.start()
         try:
             await worker.serve()
         finally:
+            if peers is not None:
+                peers.stop()
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter

@@ -1,7 +1,9 @@
 """The supervisor: starts worker processes, restarts crashed ones at once, and applies the autoscaler.
 
 Workers come from a forkserver that has already imported the serving stack, so a replacement is serving
-well within two seconds of a crash, while the other workers keep answering on the shared port.
+well within two seconds of a crash, while the other workers keep answering on the shared port. Each worker
+has a pipe to the supervisor (:mod:`.control`): repository load/unload reach every worker through it, and
+each worker learns its share of the model memory as workers come and go.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelfab.serve.workers.autoscale import Autoscaler, ScalePolicy
+from modelfab.serve.workers.autoscale import Autoscaler, ScalePolicy, worker_budget
+from modelfab.serve.workers.control import Relay
 
 __all__ = ["Supervisor", "WorkerSpec"]
 
@@ -37,6 +40,8 @@ class WorkerSpec:
     options: Any
     source_factory: str
     log_level: str = "INFO"
+    # The whole server's model memory, divided among the running workers; None: each keeps what options say.
+    memory_bytes: int | None = None
 
 
 class Supervisor:
@@ -64,18 +69,28 @@ class Supervisor:
         self._fast_failures: dict[int, int] = {}
         self._retiring: list[Any] = []
         self._stop = False
+        self.relay = Relay(self._ctx)
+        if spec.memory_bytes is not None:
+            self.relay.budget = worker_budget(spec.memory_bytes, workers)
         self.on_worker_exit: Callable[[int], None] | None = None
 
     def _start(self, index: int) -> None:
         from modelfab.serve.workers.process import worker_main
 
+        conn = self.relay.attach(index)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.spec, index, self._slots, self.capacity),
+            args=(self.spec, index, self._slots, self.capacity, conn),
             name=f"modelfab-worker-{index}",
             daemon=False,
         )
-        proc.start()
+        try:
+            proc.start()
+        except BaseException:
+            self.relay.detach(index)
+            raise
+        finally:
+            conn.close()  # the worker has its own copy; ours closed, its exit reads as EOF here
         self._procs[index] = proc
         self._started[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, proc.pid)
@@ -107,7 +122,8 @@ class Supervisor:
         try:
             while not self._stop:
                 sentinels = [p.sentinel for p in self._procs.values()]
-                multiprocessing.connection.wait(sentinels, timeout=0.2)
+                multiprocessing.connection.wait([*sentinels, *self.relay.connections()], timeout=0.2)
+                self.relay.poll()
                 self._restart_dead()
                 self._reap_retired()
                 if scaler is not None and time.monotonic() >= next_sample:
@@ -132,6 +148,7 @@ class Supervisor:
                 lived,
             )
             _mark_dead(proc.pid)
+            self.relay.detach(index)
             self._slots[index] = 0
             fails = self._fast_failures.get(index, 0) + 1 if lived < 2.0 else 0
             self._fast_failures[index] = fails
@@ -157,6 +174,8 @@ class Supervisor:
             log.info(
                 "autoscaler: %d requests in flight on %d workers; scaling up to %d", total, self.count, want
             )
+            # The workers there are shrink first, so the server stays within its memory as new ones load.
+            self._rebalance(want)
             for i in range(self.count, want):
                 self._start(i)
             self._slots[self.capacity] += want - self.count
@@ -167,11 +186,19 @@ class Supervisor:
                 proc = self._procs.pop(i)
                 proc.terminate()  # SIGTERM: the worker finishes requests in flight, then exits
                 self._retiring.append(proc)
+                self.relay.detach(i)
             self._slots[self.capacity + 1] += self.count - want
             self.count = want
+            # A bigger budget allocates nothing: the survivors fill it only as they load more models, by
+            # which time the retiring workers (finishing their requests in flight) have exited.
+            self._rebalance(want)
         else:
             return
         self._write_status()
+
+    def _rebalance(self, running: int) -> None:
+        if self.spec.memory_bytes is not None:
+            self.relay.set_budget(worker_budget(self.spec.memory_bytes, running))
 
     def _reap_retired(self) -> None:
         for proc in list(self._retiring):
