@@ -86,3 +86,19 @@ def test_bad_input(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "interval" in run(cli, "iterate", "--interval", "0", "--recipe", str(no_loop), code=2)
     monkeypatch.setenv("MODELFAB_HOME", str(tmp_path / "empty"))
     assert "--recipe FILE" in run(cli, "iterate", "--once", code=1)
+
+
+def test_a_stored_recipe_that_no_longer_validates_is_skipped_with_a_warning(
+    produced: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = produced.registry.latest_recipe_specs()
+    assert good, "the produced fixture stores its recipe"
+    bad = {
+        **good[0],
+        "name": "stale",
+        "candidates": [{"family": "linear_regression"}],
+    }  # not for classification
+    monkeypatch.setattr(produced.registry, "latest_recipe_specs", lambda: [bad, *good])
+    found = commands._recipes(None, produced)
+    assert [r.name for r, _ in found] == [r["name"] for r in good]
+    assert "skipping recipe stale" in capsys.readouterr().err

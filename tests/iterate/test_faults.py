@@ -115,3 +115,32 @@ def test_backoff_doubles_up_to_its_cap_and_forgets_on_success() -> None:
     b.succeeded("m")
     b.next_pass()
     assert not b.waiting("m") and b.failed("m") == (1, 1)
+
+
+def test_the_long_running_loop_applies_retention_and_survives_its_failure(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from modelfab.traffic import retention
+
+    calls: list[int] = []
+
+    def fake_retention(w: Workspace) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk away")
+
+    monkeypatch.setattr(retention, "run_retention", fake_retention)
+    loop = IterationLoop(ws, [], retention_every_s=0.0)
+    stop = threading.Event()
+    passes: list[object] = []
+
+    def on_pass(report: object) -> None:
+        passes.append(report)
+        if len(passes) == 3:
+            stop.set()
+
+    loop.run_forever(0.01, stop=stop, on_pass=on_pass)
+    assert len(passes) == 3
+    assert len(calls) == 3  # the first round failed, the loop went on and retried

@@ -34,7 +34,18 @@ def _recipes(paths: list[Path] | None, ws: Workspace | None = None) -> list[tupl
         found = []
         if ws is not None:
             for spec in ws.registry.latest_recipe_specs():
-                recipe = Recipe.model_validate(spec)
+                try:
+                    recipe = Recipe.model_validate(spec)
+                except ValueError as exc:  # pydantic's ValidationError: a recipe that rules made stricter
+                    name = spec.get("name", "?") if isinstance(spec, dict) else "?"
+                    first = str(exc).splitlines()[1:3]
+                    err_console.print(
+                        f"warning: skipping recipe {name}: its last run's spec no longer validates "
+                        f"({'; '.join(s.strip() for s in first)}); fix the recipe and run modelfab produce",
+                        highlight=False,
+                        markup=False,
+                    )
+                    continue
                 if recipe.iterate is not None:
                     found.append((recipe, f"registry:{recipe.name}"))
         if not found:
@@ -73,9 +84,7 @@ def feedback(
 
     items = read_feedback_csv(file)
     ws = open_workspace()
-    store = FeedbackStore(
-        ws.engine, ws.registry.tenant, PredictionIndex(ws.engine, ws.settings.home, ws.registry.tenant)
-    )
+    store = FeedbackStore(ws.engine, ws.registry.tenant, PredictionIndex.for_settings(ws.engine, ws.settings))
     accepted, unknown = 0, []
     for start in range(0, len(items), 10_000):
         result = store.ingest(items[start : start + 10_000])
@@ -114,7 +123,7 @@ def monitor(
         produced = [r for r, _ in _recipes_or_none(ws) if r.name == champion.recipe]
         spec = produced[0].iterate if produced else None
     spec = spec or IterateSpec()
-    PredictionIndex(ws.engine, ws.settings.home, ws.registry.tenant).sync()
+    PredictionIndex.for_settings(ws.engine, ws.settings).sync()
     deployment = DecisionLog(ws.registry).deployments().get(name)
     versions = [champion]
     if deployment is not None and deployment.version != champion.version:

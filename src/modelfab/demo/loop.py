@@ -287,7 +287,7 @@ def pick_sites(ws: Workspace, recipe: Recipe, shift: int, stable: int) -> tuple[
     )
     acted = DecisionLog(ws.registry).latest(champions)
     fresh = [n for n in champions if n not in acted]
-    PredictionIndex(ws.engine, ws.settings.home, ws.registry.tenant).sync()
+    PredictionIndex.for_settings(ws.engine, ws.settings).sync()
     p = t.prediction_rows
     with ws.engine.connect() as conn:
         seen = set(

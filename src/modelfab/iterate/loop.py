@@ -10,6 +10,7 @@ A failure while watching, retraining, gating or trialling one model is that mode
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
@@ -39,6 +40,7 @@ from modelfab.units import parse_duration
 
 __all__ = ["IterationLoop", "PassReport"]
 
+RETENTION_EVERY_S = 900.0  # the long-running loop applies retention this often
 log = logging.getLogger("modelfab.iterate")
 STEPS = ("retrain", "reject", "canary", "promote", "rollback")
 
@@ -86,13 +88,15 @@ class IterationLoop:
         *,
         workers: int | None = None,
         clock: Callable[[], float] = time.time,
+        retention_every_s: float = RETENTION_EVERY_S,
     ) -> None:
         self.ws = ws
+        self.retention_every_s = retention_every_s
         self.recipes = [(r, f) for r, f in recipes if r.iterate is not None]
         self.workers = workers
         self.clock = clock
         self.log = DecisionLog(ws.registry)
-        self.index = PredictionIndex(ws.engine, ws.settings.home, ws.registry.tenant)
+        self.index = PredictionIndex.for_settings(ws.engine, ws.settings)
         self.profiles = ProfileCache(ws)
         # One loop process acts on a recipe at a time; run_forever keeps the lead between passes.
         self.leader = Leadership(ws.engine, ws.registry.tenant, ws.settings.home)
@@ -125,6 +129,7 @@ class IterationLoop:
     ) -> None:
         stop = stop or threading.Event()
         self._keep_lead = True
+        retained_at = -math.inf
         try:
             while not stop.is_set():
                 try:
@@ -134,10 +139,23 @@ class IterationLoop:
                 except Exception as exc:  # one bad pass must not end the service; the next one retries
                     log.warning("iteration pass failed: %s", describe(exc))
                     log.debug("at\n%s", "".join(traceback.format_tb(exc.__traceback__)))
+                if time.monotonic() - retained_at >= self.retention_every_s:
+                    retained_at = time.monotonic()
+                    self._retain()
                 stop.wait(interval)
         finally:
             self._keep_lead = False
             self.leader.release()
+
+    def _retain(self) -> None:
+        """Prediction logs, indexed rows and retrained dataset versions past their retention go (see
+        :mod:`modelfab.traffic.retention`); a failure waits for the next round."""
+        from modelfab.traffic.retention import run_retention
+
+        try:
+            run_retention(self.ws)
+        except Exception as exc:
+            log.warning("retention pass failed: %s", describe(exc))
 
     # ------------------------------------------------------------------ one recipe
     def _pass(self, recipe: Recipe, file: str, spec: IterateSpec, report: PassReport) -> None:

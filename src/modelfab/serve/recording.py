@@ -30,8 +30,17 @@ class LogContext:
 class Recorder:
     """One worker's prediction log writer, or a no-op when logging is off."""
 
-    def __init__(self, home: Path | None, worker: str, *, enabled: bool, sample_rate: float) -> None:
-        self.log = PredictionLog(home, worker=worker) if home is not None and enabled else None
+    def __init__(
+        self,
+        home: Path | None,
+        worker: str,
+        *,
+        enabled: bool,
+        sample_rate: float,
+        key: bytes | None = None,
+    ) -> None:
+        """``key``: the workspace's encryption key; each record is then sealed on its own."""
+        self.log = PredictionLog(home, worker=worker, key=key) if home is not None and enabled else None
         self._rate = sample_rate
 
     def sampled(self) -> bool:

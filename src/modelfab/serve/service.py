@@ -88,8 +88,13 @@ class InferenceService:
             load_executor=self.pools.load,
         )
         self._executor = ThreadPoolExecutor(self.options.run_threads, thread_name_prefix="modelfab-run")
+        key_bytes = getattr(settings, "key_bytes", None)
         self.recorder = Recorder(
-            home, worker, enabled=self.options.log_predictions, sample_rate=self.options.log_sample_rate
+            home,
+            worker,
+            enabled=self.options.log_predictions,
+            sample_rate=self.options.log_sample_rate,
+            key=key_bytes() if key_bytes is not None else None,
         )
         self.batchers = Batchers(
             self.options,

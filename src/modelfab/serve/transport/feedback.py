@@ -47,7 +47,7 @@ class _LazyStore:
                 s = self._settings
                 engine = create_engine(s.resolved_database_url)
                 migrate(engine, lock_dir=Path(s.home))
-                index = PredictionIndex(engine, Path(s.home), s.tenant)
+                index = PredictionIndex.for_settings(engine, s)
                 shared = engine.dialect.name != "sqlite"
                 self._store = FeedbackStore(
                     engine, s.tenant, index, peer_wait_s=PEER_WAIT_S if shared else 0.0
