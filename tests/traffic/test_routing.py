@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 
+from modelfab.settings import Settings
 from modelfab.store import Workspace
 from modelfab.store import schema as t
-from modelfab.traffic.routing import Decision, Policy, Router, pick
+from modelfab.traffic.routing import Decision, Policy, Router, make_router, pick
 
 
 def test_no_policy_serves_the_champion() -> None:
@@ -48,3 +50,14 @@ def test_router_reads_deployments(ws: Workspace) -> None:
     assert router.route("m", "k") == Decision("champion", 2)
     assert router.route("other", "k") == Decision("champion")
     router.close()
+
+
+def test_a_server_workers_router_keeps_a_small_bounded_pool(pg_url: str, tmp_path: Path) -> None:
+    router = make_router(Settings(home=tmp_path, database_url=pg_url))
+    try:
+        pool = router.engine.pool
+        assert pool.size() == 1  # type: ignore[attr-defined]
+        assert pool._max_overflow == 2  # type: ignore[attr-defined]
+    finally:
+        router.close()
+        router.engine.dispose()

@@ -20,8 +20,13 @@ HEAD_REVISION = "0005"
 BUSY_TIMEOUT_MS = 30_000
 
 
-def create_engine(url: str) -> Engine:
-    """An engine for ``url`` tuned for modelfab: WAL + busy timeout on SQLite, pre-ping on servers."""
+# A server worker's plug-ins (routing, feedback, the loop's gauges) each need a connection now and then.
+SMALL_POOL = {"pool_size": 1, "max_overflow": 2}
+
+
+def create_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10) -> Engine:
+    """An engine for ``url`` tuned for modelfab: WAL + busy timeout on SQLite, pre-ping and a pool of
+    ``pool_size`` connections kept open plus ``max_overflow`` more under load on servers."""
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -36,7 +41,7 @@ def create_engine(url: str) -> Engine:
         _tune_sqlite(engine)
         return engine
     try:
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"the driver for {parsed.drivername} is not installed ({exc.name}); "

@@ -113,6 +113,6 @@ class Router:
 
 def make_router(settings: Any) -> Router:
     """The router of a server worker; nothing is read until the first ``route`` call."""
-    from modelfab.store.db import create_engine
+    from modelfab.store.db import SMALL_POOL, create_engine
 
-    return Router(create_engine(settings.resolved_database_url), settings.tenant)
+    return Router(create_engine(settings.resolved_database_url, **SMALL_POOL), settings.tenant)

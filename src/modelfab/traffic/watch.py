@@ -124,9 +124,9 @@ def metrics_text(settings: Any) -> Callable[[], str]:
     def text() -> str:
         with lock:
             if "m" not in state:
-                from modelfab.store.db import create_engine, migrate
+                from modelfab.store.db import SMALL_POOL, create_engine, migrate
 
-                engine = create_engine(settings.resolved_database_url)
+                engine = create_engine(settings.resolved_database_url, **SMALL_POOL)
                 migrate(engine, lock_dir=Path(settings.home))
                 state["m"] = SnapshotMetrics(engine, settings.tenant)
             source = state["m"]

@@ -41,11 +41,11 @@ class _LazyStore:
     def get(self) -> FeedbackStore:
         with self._lock:
             if self._store is None:
-                from modelfab.store.db import create_engine, migrate
+                from modelfab.store.db import SMALL_POOL, create_engine, migrate
                 from modelfab.traffic.index import PredictionIndex
 
                 s = self._settings
-                engine = create_engine(s.resolved_database_url)
+                engine = create_engine(s.resolved_database_url, **SMALL_POOL)
                 migrate(engine, lock_dir=Path(s.home))
                 index = PredictionIndex.for_settings(engine, s)
                 shared = engine.dialect.name != "sqlite"
