@@ -36,6 +36,9 @@ def run_server(
     queue_size: int = 256,
     request_timeout_s: float = 30.0,
     max_body_bytes: int | str = "64MiB",
+    read_timeout_s: float = 60.0,
+    keepalive_timeout_s: float = 75.0,
+    max_connections: int = 2048,
     idle_ttl_s: float = 600.0,
     log_sample_rate: float = 1.0,
     pinned: Sequence[str] = (),
@@ -52,6 +55,8 @@ def run_server(
     count. ``max_memory_bytes`` (e.g. ``"512MiB"``) bounds the loaded models of the whole server: each
     worker gets an equal share of it. ``router_factory``, ``extra_routes`` and ``extra_metrics`` plug in
     canary routing, ``/v2/feedback`` and the loop's gauges (see ServeOptions; None turns one off).
+    ``read_timeout_s``, ``keepalive_timeout_s`` and ``max_connections`` (per worker) bound what slow, idle or
+    numerous clients hold; ServeOptions has the HTTP front's other limits.
     Blocks until SIGINT/SIGTERM.
     """
     cores = os.cpu_count() or 1
@@ -74,6 +79,9 @@ def run_server(
         queue_size=queue_size,
         request_timeout_s=request_timeout_s,
         max_body_bytes=parse_bytes(max_body_bytes),
+        read_timeout_s=read_timeout_s,
+        keepalive_timeout_s=keepalive_timeout_s,
+        max_connections=max_connections,
         idle_ttl_s=idle_ttl_s,
         log_sample_rate=log_sample_rate,
         pinned=tuple(pinned),
