@@ -53,10 +53,12 @@ class ServeOptions:
     # A keep-alive connection with nothing to do is closed after this long (above the 60 s idle timeout of
     # common load balancers, so that they, not we, close first and never send on a connection we closed).
     keepalive_timeout_s: float = 75.0
-    # A request must arrive whole (head and body) within this long of its first byte, else 408 and close.
+    # A request must arrive whole (head and body) within this long of its first byte, else 408 and close;
+    # a client that leaves answers unread this long is disconnected.
     read_timeout_s: float = 60.0
     # Requests read ahead of their answers on one connection: reading pauses at this many, or when more
-    # than ``max_pipelined_bytes`` wait, until answers drain.
+    # than ``max_pipelined_bytes`` wait, until answers drain. One read holding more than twice this many
+    # (the parser cannot stop mid-read) gets 429 after the answers owed, and the connection closes.
     max_pipelined: int = 16
     max_pipelined_bytes: int = 4 << 20
     idle_ttl_s: float = 600.0

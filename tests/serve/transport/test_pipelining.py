@@ -128,3 +128,26 @@ def test_a_burst_of_pipelined_requests_is_cut_off_after_the_answers_owed() -> No
         assert status == 429 and headers["connection"] == "close"
         assert b"read answers before sending more" in body
         assert w.closed_by_server()
+
+
+def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
+    options = ServeOptions(read_timeout_s=0.5)
+    with GatedFront(options, 1 << 20, open_gate=True) as server, Wire(server.url, timeout=60) as w:
+        sender = threading.Thread(
+            target=lambda: _send_until_refused(w, b"".join(_infer(i, 100) for i in range(64)))
+        )
+        sender.start()
+        assert wait_until(lambda: server.held()[3] > 0)  # answers wait to be written
+        assert wait_until(lambda: not server.call(_connections(server)))  # ... and not forever
+        sender.join(30)
+
+
+async def _connections(server: GatedFront) -> int:
+    return len(server.front.connections)
+
+
+def _send_until_refused(w: Wire, data: bytes) -> None:
+    try:
+        w.send(data)
+    except OSError:
+        pass

@@ -96,7 +96,7 @@ class HttpFront:
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         # A timeout fires up to one tick late: a quarter of the shortest one, at most a second.
-        tick = min(1.0, self.read_timeout_s / 4, self.keepalive_timeout_s / 4)
+        tick = max(0.01, min(1.0, self.read_timeout_s / 4, self.keepalive_timeout_s / 4))
         while True:
             await asyncio.sleep(tick)
             self.now = now = loop.time()
@@ -206,6 +206,7 @@ class _Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._paused = False
         self._writable: asyncio.Event | None = None  # set while the transport's write buffer is full
+        self._blocked_since = 0.0
         # A request began and has not arrived whole (``_since`` is when it began); else, with no task,
         # the connection is idle since ``_since``. Times are the front's coarse clock: no syscall here.
         self._reading = False
@@ -242,6 +243,7 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # A client that does not read its answers: stop answering (and so, soon, reading) until it does.
         self._writable = asyncio.Event()
+        self._blocked_since = self.front.now
 
     def resume_writing(self) -> None:
         if self._writable is not None:
@@ -383,7 +385,15 @@ class _Connection(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         """Called by the front's periodic sweep: drop slow requests and idle keep-alive connections."""
         front = self.front
-        if self._final is not None or self.transport is None:
+        if self.transport is None:
+            return
+        if self._writable is not None:
+            # Answers unread for as long as a request may take to arrive: the client holds a connection
+            # (and its buffers) without using it.
+            if now - self._blocked_since > front.read_timeout_s:
+                self.transport.abort()
+            return
+        if self._final is not None:
             return
         if self._reading:
             if not self._paused and now - self._since > front.read_timeout_s:
@@ -431,7 +441,8 @@ class _Connection(asyncio.Protocol):
             self._task = None
             if not self._reading:
                 self._since = self.front.now
-            self._resume_if_drained()
+            if self._paused:
+                self._resume_if_drained()
 
     def _reject(self, status: int, message: str) -> None:
         """Answer ``status`` after the answers owed (in order), then close; read nothing more."""
