@@ -151,3 +151,14 @@ def _send_until_refused(w: Wire, data: bytes) -> None:
         w.send(data)
     except OSError:
         pass
+
+
+def test_a_body_over_the_read_ahead_limit_is_served_and_the_connection_goes_on() -> None:
+    options = ServeOptions(max_pipelined_bytes=64 << 10, max_body_bytes=1 << 20)
+    with GatedFront(options, 10, open_gate=True) as server, Wire(server.url) as w:
+        w.send(_infer(0, 512 << 10))
+        assert w.response()[2][:8] == b"%08d" % 0
+        w.send(_infer(1, 512 << 10) + _infer(2, 512 << 10))  # pipelined, each over the limit
+        assert [w.response()[2][:8] for _ in range(2)] == [b"%08d" % 1, b"%08d" % 2]
+        w.send(request("GET", "/v2/health/live"))
+        assert w.response()[0] == 200

@@ -356,6 +356,7 @@ class _Connection(asyncio.Protocol):
         )
         self._queue.append(req)
         self._queued_bytes += len(body)
+        self._size = 0  # the body now counts as queued
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve())
         if len(self._queue) >= front.max_pipelined or self._queued_bytes > front.max_pipelined_bytes:
@@ -367,13 +368,19 @@ class _Connection(asyncio.Protocol):
             self._paused = True
             self.transport.pause_reading()
 
-    def _resume_if_drained(self) -> None:
+    def _resume_if_drained(self, all_answered: bool = False) -> None:
+        # With every answer written, reading resumes whatever is buffered: nothing else would resume it.
         front = self.front
         if (
             self._paused
             and self._final is None
-            and len(self._queue) <= front.max_pipelined // 2
-            and self._queued_bytes + self._size <= front.max_pipelined_bytes
+            and (
+                all_answered
+                or (
+                    len(self._queue) <= front.max_pipelined // 2
+                    and self._queued_bytes + self._size <= front.max_pipelined_bytes
+                )
+            )
             and self.transport is not None
             and not self.transport.is_closing()
         ):
@@ -442,7 +449,7 @@ class _Connection(asyncio.Protocol):
             if not self._reading:
                 self._since = self.front.now
             if self._paused:
-                self._resume_if_drained()
+                self._resume_if_drained(all_answered=True)
 
     def _reject(self, status: int, message: str) -> None:
         """Answer ``status`` after the answers owed (in order), then close; read nothing more."""
