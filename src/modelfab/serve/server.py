@@ -70,6 +70,10 @@ def run_server(
         raise ConfigError("--workers must be at least 1")
     if not 0.0 <= log_sample_rate <= 1.0:
         raise ConfigError("the prediction log sampling rate must be between 0 and 1")
+    if read_timeout_s <= 0 or keepalive_timeout_s <= 0:
+        raise ConfigError("--read-timeout and --keepalive-timeout must be more than 0 seconds")
+    if max_connections < 1:
+        raise ConfigError("--max-connections must be at least 1")
     capacity = policy.max_workers if policy else count
     budget = parse_bytes(max_memory_bytes)
     options = ServeOptions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import httpx
 import orjson
@@ -141,3 +142,19 @@ def test_expect_continue_over_the_limit_is_refused_without_the_body(small: Serve
         assert "64000 byte limit" in _error(body)
         assert w.closed_by_server()
     _served(small)
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        ({"read_timeout_s": 0.0}, "--read-timeout"),
+        ({"keepalive_timeout_s": -1.0}, "--keepalive-timeout"),
+        ({"max_connections": 0}, "--max-connections"),
+    ],
+)
+def test_run_server_refuses_limits_that_would_refuse_everyone(option: dict[str, Any], needle: str) -> None:
+    from modelfab.errors import ConfigError
+    from modelfab.serve import run_server
+
+    with pytest.raises(ConfigError, match=needle):
+        run_server(object(), workers=1, **option)
