@@ -10,9 +10,10 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import pytest
 from wire import Wire, request, wait_until
 
 from modelfab.serve.options import ServeOptions
@@ -20,6 +21,7 @@ from modelfab.serve.transport.http1 import HttpFront, Reply
 from modelfab.serve.transport.http1 import Request as RawRequest
 
 T = TypeVar("T")
+NewLoop = Callable[[], asyncio.AbstractEventLoop]
 READ_SIZE = 256 << 10  # the most asyncio's transports read at once
 
 
@@ -28,12 +30,29 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def new_loop(request: pytest.FixtureRequest) -> Callable[[], asyncio.AbstractEventLoop]:
+    """Workers run on uvloop; its transports pause and buffer on their own terms, so both are tried."""
+    if request.param == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 class GatedFront:
-    def __init__(self, options: ServeOptions, reply_bytes: int, *, open_gate: bool = False) -> None:
+    def __init__(
+        self,
+        options: ServeOptions,
+        reply_bytes: int,
+        new_loop: Callable[[], asyncio.AbstractEventLoop],
+        *,
+        open_gate: bool = False,
+    ) -> None:
         self.options = options
         self.reply = b"r" * reply_bytes
         self.open_at_start = open_gate
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"127.0.0.1:{self._sock.getsockname()[1]}"
@@ -86,10 +105,10 @@ def _infer(i: int, size: int) -> bytes:
     return request("POST", "/v2/models/m/infer", b"%08d" % i + b"x" * (size - 8))
 
 
-def test_a_client_that_does_not_read_answers_holds_bounded_memory() -> None:
+def test_a_client_that_does_not_read_answers_holds_bounded_memory(new_loop: NewLoop) -> None:
     options = ServeOptions(max_pipelined=4, max_pipelined_bytes=256 << 10, max_body_bytes=1 << 20)
     count, size, reply = 48, 128 << 10, 1 << 20
-    with GatedFront(options, reply) as server, Wire(server.url, timeout=60) as w:
+    with GatedFront(options, reply, new_loop) as server, Wire(server.url, timeout=60) as w:
         sender = threading.Thread(target=lambda: w.send(b"".join(_infer(i, size) for i in range(count))))
         sender.start()
 
@@ -117,9 +136,9 @@ def test_a_client_that_does_not_read_answers_holds_bounded_memory() -> None:
         assert w.response() == (200, {"content-length": "2"}, b"ok")
 
 
-def test_a_burst_of_pipelined_requests_is_cut_off_after_the_answers_owed() -> None:
+def test_a_burst_of_pipelined_requests_is_cut_off_after_the_answers_owed(new_loop: NewLoop) -> None:
     options = ServeOptions(max_pipelined=4)
-    with GatedFront(options, 10, open_gate=True) as server, Wire(server.url) as w:
+    with GatedFront(options, 10, new_loop, open_gate=True) as server, Wire(server.url) as w:
         w.send(b"".join(_infer(i, 100) for i in range(50)))  # one write: more than the pause can stop
         for i in range(2 * options.max_pipelined):
             status, _, body = w.response()
@@ -130,9 +149,9 @@ def test_a_burst_of_pipelined_requests_is_cut_off_after_the_answers_owed() -> No
         assert w.closed_by_server()
 
 
-def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
+def test_a_client_that_never_reads_its_answers_is_disconnected(new_loop: NewLoop) -> None:
     options = ServeOptions(read_timeout_s=0.5)
-    with GatedFront(options, 1 << 20, open_gate=True) as server, Wire(server.url, timeout=60) as w:
+    with GatedFront(options, 1 << 20, new_loop, open_gate=True) as server, Wire(server.url, timeout=60) as w:
         sender = threading.Thread(
             target=lambda: _send_until_refused(w, b"".join(_infer(i, 100) for i in range(64)))
         )
@@ -153,9 +172,9 @@ def _send_until_refused(w: Wire, data: bytes) -> None:
         pass
 
 
-def test_a_body_over_the_read_ahead_limit_is_served_and_the_connection_goes_on() -> None:
+def test_a_body_over_the_read_ahead_limit_is_served_and_the_connection_goes_on(new_loop: NewLoop) -> None:
     options = ServeOptions(max_pipelined_bytes=64 << 10, max_body_bytes=1 << 20)
-    with GatedFront(options, 10, open_gate=True) as server, Wire(server.url) as w:
+    with GatedFront(options, 10, new_loop, open_gate=True) as server, Wire(server.url) as w:
         w.send(_infer(0, 512 << 10))
         assert w.response()[2][:8] == b"%08d" % 0
         w.send(_infer(1, 512 << 10) + _infer(2, 512 << 10))  # pipelined, each over the limit
