@@ -95,13 +95,18 @@ class HttpFront:
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        # A timeout fires up to one tick late: a quarter of the shortest one, at most a second.
+        # Connections note times from this coarse clock, so a timeout fires within a tick of when it is due:
+        # a quarter of the shortest timeout, at most a second.
         tick = max(0.01, min(1.0, self.read_timeout_s / 4, self.keepalive_timeout_s / 4))
         while True:
             await asyncio.sleep(tick)
             self.now = now = loop.time()
             for conn in list(self.connections):
-                conn.check_timeouts(now)
+                try:
+                    conn.check_timeouts(now)
+                except Exception:  # one odd connection must not end the timeouts of all the others
+                    log.exception("checking a connection's timeouts failed; closing it")
+                    conn.abort()
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish (up to ``grace`` seconds), close the rest."""
