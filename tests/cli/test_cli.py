@@ -138,11 +138,38 @@ def test_runs_quota(cli: CliRunner) -> None:
         (("--workers", "many"), "--workers 'many' is not allowed"),
         (("--max-memory", "lots"), "lots"),
         (("--log-sample-rate", "2"), ""),
+        (("--max-body", "huge"), "--max-body: cannot read 'huge' as a size"),
+        (("--max-body", "0"), "--max-body must be at least 1 byte"),
+        (("--read-timeout", "0"), "--read-timeout"),
+        (("--max-connections", "0"), "--max-connections"),
+        (("--idle-ttl", "-1"), "--idle-ttl"),
+        (("--db-pool-size", "0"), "--db-pool-size"),
     ],
 )
 def test_serve_bad_options_fail_before_starting(cli: CliRunner, args: tuple[str, ...], needle: str) -> None:
-    code = 2 if args[0] == "--log-sample-rate" else 1
-    assert needle in run(cli, "serve", "--port", "0", *args, code=code)
+    code = 1 if args[0] in ("--workers", "--max-memory", "--max-body") else 2
+    out = run(cli, "serve", "--port", "0", *args, code=code)
+    assert needle in out
+    if code == 1:
+        assert "\n" not in out.strip()  # one line
+
+
+def test_serve_passes_the_front_limits_on(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelfab.serve
+
+    got: dict[str, object] = {}
+    monkeypatch.setattr(modelfab.serve, "run_server", lambda settings, **kw: got.update(kw))
+    args = ("--max-body", "2MiB", "--read-timeout", "5", "--keepalive-timeout", "9", "--max-connections", "7")
+    run(
+        cli, "serve", "--port", "0", *args, "--idle-ttl", "0", "--db-pool-size", "3", "--db-max-overflow", "0"
+    )
+    assert (got["db_pool_size"], got["db_max_overflow"]) == (3, 0)
+    assert got["max_body_bytes"] == 2 << 20
+    assert (got["read_timeout_s"], got["keepalive_timeout_s"], got["max_connections"]) == (5.0, 9.0, 7)
+    assert got["idle_ttl_s"] == 0.0
+    help_text = run(cli, "serve", "--help")
+    for option in ("--max-body", "--read-timeout", "--keepalive-timeout", "--max-connections"):
+        assert option in help_text
 
 
 def test_produce_retry_failed(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import random
+import string
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serve_helpers import MakeServer
 
 from modelfab.serve.metrics import METRICS_DIR_ENV, ScrapeFanout, ServeMetrics, mark_dead
 
@@ -155,3 +161,45 @@ def test_a_models_bookkeeping_is_counted_once_and_gauges_go_with_it() -> None:
     assert ("modelfab_queue_depth", _mv()) not in s
     assert s[("modelfab_model_loads_total", _mv())] == 2  # counters stay
     assert s[("modelfab_model_bookkeeping_bytes", ())] == 2 * per_model
+
+
+def test_unknown_models_and_versions_add_no_series(make_server: MakeServer) -> None:
+    server = make_server(grpc=False)
+    rng = random.Random(0)
+    body = orjson.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}]}
+    )
+
+    def word() -> str:
+        return "".join(rng.choices(string.ascii_letters + string.digits + "_.-", k=rng.randint(1, 40)))
+
+    def paths() -> list[str]:
+        return [
+            f"/v2/models/{word()}/infer",
+            f"/v2/models/{word()}/versions/{rng.randint(1, 10**9)}/infer",
+            f"/v2/models/digits/versions/{rng.randint(3, 10**9)}/infer",
+            f"/v2/models/digits/versions/a{word()}/infer",
+            f"/v2/models/{word()}/versions/a{word()}/infer",
+        ]
+
+    with httpx.Client(base_url=f"http://{server.url}") as client:
+
+        def sample_lines() -> int:
+            text = client.get("/metrics").text
+            return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+        def unknown() -> float:
+            samples = _samples(client.get("/metrics").content)
+            return sum(v for (name, _), v in samples.items() if name == "modelfab_requests_unknown_total")
+
+        assert client.post("/v2/models/digits/infer", content=body).status_code == 200
+        for path in paths():  # each kind of unknown once: the series they count in exist from here on
+            assert client.post(path, content=body).status_code in (400, 404)
+        before, unknown_before = sample_lines(), unknown()
+        codes = collections.Counter(
+            client.post(path, content=body).status_code for _ in range(200) for path in paths()
+        )
+        assert sum(codes.values()) == 1000 and set(codes) <= {400, 404}
+        assert sample_lines() == before
+        # each one is counted (400s for a malformed version are refused before the service sees them)
+        assert codes[404] <= unknown() - unknown_before <= 1000

@@ -7,6 +7,10 @@ of its reporter and writes a snapshot of its values to the folder named by ``MOD
 answering worker merges them with its own live values. So nothing is written between scrapes, and any
 worker answers for the whole server. Counters and histograms of a worker that exited are kept as of its
 last snapshot (written at every scrape and when it stops; the supervisor marks it dead), its gauges are not.
+
+Label values never come from a client as such: model and version label a series only once they name a version
+the server has loaded or resolved, and requests that fail before that count in
+``modelfab_requests_unknown_total{code=...}``. So no request can add series beyond the registered versions.
 """
 
 from __future__ import annotations
@@ -198,6 +202,13 @@ class ServeMetrics(CacheEvents):
     def __init__(self) -> None:
         self.requests = Counter("modelfab_requests", "Inference requests answered", [*_MV, "protocol"])
         self.errors = Counter("modelfab_request_errors", "Inference requests that failed", [*_MV, "code"])
+        # Requests that fail before a model version is known (unknown model, version or alias, bad name):
+        # model and version would come from the client, so they share one series per status code.
+        self.unknown = Counter(
+            "modelfab_requests_unknown",
+            "Inference requests that failed before naming a known model version",
+            ["code"],
+        )
         self.latency = Histogram(
             "modelfab_request_seconds", "Inference request latency", _MV, buckets=_LATENCY
         )

@@ -44,6 +44,23 @@ class ServeOptions:
     queue_size: int = 256
     request_timeout_s: float = 30.0
     max_body_bytes: int = 64 << 20
+    # Limits of the HTTP/1 front, per worker (see serve/transport/http1.py). Headers beyond the limits get
+    # 414/431; connections beyond ``max_connections`` get 503 and are closed at once.
+    max_url_bytes: int = 8 << 10
+    max_header_bytes: int = 32 << 10
+    max_headers: int = 100
+    max_connections: int = 2048
+    # A keep-alive connection with nothing to do is closed after this long (above the 60 s idle timeout of
+    # common load balancers, so that they, not we, close first and never send on a connection we closed).
+    keepalive_timeout_s: float = 75.0
+    # A request must arrive whole (head and body) within this long of its first byte, else 408 and close;
+    # a client that leaves answers unread this long is disconnected.
+    read_timeout_s: float = 60.0
+    # Requests read ahead of their answers on one connection: reading pauses at this many, or when more
+    # than ``max_pipelined_bytes`` wait, until answers drain. One read holding more than twice this many
+    # (the parser cannot stop mid-read) gets 429 after the answers owed, and the connection closes.
+    max_pipelined: int = 16
+    max_pipelined_bytes: int = 4 << 20
     idle_ttl_s: float = 600.0
     # How long a name/alias lookup is reused; with a source that has a cheap change check (the workspace's),
     # lookups are kept until an alias moves, checked this often. Either way an alias move reaches the server

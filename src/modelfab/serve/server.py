@@ -36,6 +36,9 @@ def run_server(
     queue_size: int = 256,
     request_timeout_s: float = 30.0,
     max_body_bytes: int | str = "64MiB",
+    read_timeout_s: float = 60.0,
+    keepalive_timeout_s: float = 75.0,
+    max_connections: int = 2048,
     idle_ttl_s: float = 600.0,
     log_sample_rate: float = 1.0,
     pinned: Sequence[str] = (),
@@ -56,6 +59,8 @@ def run_server(
     ``db_pool_size`` and ``db_max_overflow`` bound each worker's registry connections (PostgreSQL).
     ``router_factory``, ``extra_routes`` and ``extra_metrics`` plug in
     canary routing, ``/v2/feedback`` and the loop's gauges (see ServeOptions; None turns one off).
+    ``read_timeout_s``, ``keepalive_timeout_s`` and ``max_connections`` (per worker) bound what slow, idle or
+    numerous clients hold; ServeOptions has the HTTP front's other limits.
     Blocks until SIGINT/SIGTERM.
     """
     cores = os.cpu_count() or 1
@@ -74,6 +79,10 @@ def run_server(
             f"the database pool needs a size of at least 1 and an overflow of at least 0, not {db_pool_size} "
             f"and {db_max_overflow}"
         )
+    if read_timeout_s <= 0 or keepalive_timeout_s <= 0:
+        raise ConfigError("--read-timeout and --keepalive-timeout must be more than 0 seconds")
+    if max_connections < 1:
+        raise ConfigError("--max-connections must be at least 1")
     budget = parse_bytes(max_memory_bytes)
     options = ServeOptions(
         max_memory_bytes=worker_budget(budget, count),
@@ -82,6 +91,9 @@ def run_server(
         queue_size=queue_size,
         request_timeout_s=request_timeout_s,
         max_body_bytes=parse_bytes(max_body_bytes),
+        read_timeout_s=read_timeout_s,
+        keepalive_timeout_s=keepalive_timeout_s,
+        max_connections=max_connections,
         idle_ttl_s=idle_ttl_s,
         log_sample_rate=log_sample_rate,
         pinned=tuple(pinned),

@@ -262,7 +262,7 @@ class InferenceService:
         """
         started = time.perf_counter()
         self.inflight += 1
-        mv: tuple[str, str] = (name, "" if ref is None else str(ref))
+        mv: tuple[str, str] | None = None  # labels once the version is known: never the client's words
         shadow: str | int | None = None
         req: InferRequest | None = None
         held: tuple[str, int] | None = None
@@ -316,16 +316,17 @@ class InferenceService:
                     f"model {info.name} did not answer within {self.options.request_timeout_s}s"
                 ) from None
         except ModelfabError as exc:
-            self.metrics.errors.labels(*mv, str(exc.status_code)).inc()
+            self._count_error(name, ref, mv, str(exc.status_code))
             raise
         except Exception as exc:
-            self.metrics.errors.labels(*mv, "500").inc()
+            self._count_error(name, ref, mv, "500")
             log.exception("inference failed for model %s", name)
             raise ModelfabError(f"internal error while serving model {name}") from exc
         finally:
             if held is not None:
                 self.cache.release(held)
             self.inflight -= 1
+        assert mv is not None
         counters = self._request_metrics.get((mv, protocol))
         if counters is None:  # resolving label children costs more than the update itself
             counters = (self.metrics.requests.labels(*mv, protocol), self.metrics.latency.labels(*mv))
@@ -334,6 +335,15 @@ class InferenceService:
         counters[1].observe(time.perf_counter() - started)
         resp = InferResponse(info.name, str(info.version), outputs, pid, id=req.id)
         return resp, req
+
+    def _count_error(self, name: str, ref: str | int | None, mv: tuple[str, str] | None, code: str) -> None:
+        if mv is None:  # failed before resolving; a version resolved earlier still gets its own series
+            info = self.source.cached(name, ref)
+            if info is None:
+                self.metrics.unknown.labels(code).inc()
+                return
+            mv = (info.name, str(info.version))
+        self.metrics.errors.labels(*mv, code).inc()
 
 
 def _run_dir(home: Path) -> Path:

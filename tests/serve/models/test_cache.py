@@ -40,6 +40,7 @@ def test_choose_evictions(
 def test_idle_keys() -> None:
     entries = [c("old", 1, 0.0), c("busy", 1, 0.0, busy=True), c("fresh", 1, 95.0)]
     assert idle_keys(entries, now=100.0, ttl=10.0) == [("old", 1)]
+    assert idle_keys(entries, now=1e12, ttl=0.0) == []  # 0: never
 
 
 def _budget_for(source: FakeSource, models: int) -> int:
@@ -95,7 +96,9 @@ def test_pinned_models_stay_and_unload_drops(source: FakeSource) -> None:
             async with cache.use(source.resolve(ref, None)):
                 pass
         assert cache.is_loaded("tabular", 1)
-        assert cache.sweep(ttl=0.0, now=1e12) == [("fixed", 1)]  # idle TTL spares the pinned model
+        assert cache.sweep(ttl=0.0, now=1e12) == []  # 0: never unload for idleness
+        assert cache.is_loaded("fixed", 1)
+        assert cache.sweep(ttl=1.0, now=1e12) == [("fixed", 1)]  # idle TTL spares the pinned model
         assert cache.unload("tabular") == 1
         assert cache.loaded() == []
         assert cache.used == 0

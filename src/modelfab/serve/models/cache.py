@@ -83,7 +83,10 @@ def trim_heap() -> bool:
 
 
 def idle_keys(entries: Sequence[Candidate], now: float, ttl: float) -> list[Key]:
-    """Entries idle for longer than ``ttl`` seconds and not busy (scale to zero per model)."""
+    """Entries idle for longer than ``ttl`` seconds and not busy (scale to zero per model); a ``ttl`` of 0
+    (or less) means models never unload for idleness."""
+    if ttl <= 0:
+        return []
     return [c.key for c in entries if not c.busy and now - c.last_used > ttl]
 
 
@@ -410,7 +413,7 @@ class ModelCache:
         return used
 
     def sweep(self, ttl: float, now: float | None = None) -> list[Key]:
-        """Unload models idle longer than ``ttl``."""
+        """Unload models idle longer than ``ttl`` (0: never)."""
         keys = idle_keys(list(self._candidates()), time.monotonic() if now is None else now, ttl)
         for key in keys:
             self._drop(key, "idle")

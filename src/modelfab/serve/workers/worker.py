@@ -65,11 +65,7 @@ class Worker:
         self._stop = asyncio.Event()
         if self._stop_requested:
             self._stop.set()
-        front = HttpFront(
-            fast_infer(self.service),
-            create_app(self.service),
-            max_body_bytes=self.service.options.max_body_bytes,
-        )
+        front = HttpFront(fast_infer(self.service), create_app(self.service), self.service.options)
         await self.service.start()
         # What exists now (modules, ONNX Runtime, the app, pinned models) lives as long as the worker; out of
         # the collector's view, full collections no longer walk it all on the event loop (tail latency).
