@@ -116,6 +116,9 @@ class Processes:
             self.stop(proc)
 
 
+READ_TIMEOUT_S = 4.0
+
+
 def template(sites: int, rows: int) -> Path:
     """A produced home (one champion per site), made once and reused."""
     from modelfab.data import import_dataset
@@ -380,7 +383,12 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="run-", dir=OUT)) / "home"
     shutil.copytree(base, home)
     port = free_port()
-    server = ServerProcess(home, serve_args(port, workers="2", grpc=False), port, home / "serve.log")
+    # A read timeout shorter than a phase, so that slowloris connections are seen being dropped; the
+    # default (60 s, like nginx's client_header_timeout) would outlast a --quick phase.
+    limits = ["--read-timeout", str(READ_TIMEOUT_S)]
+    server = ServerProcess(
+        home, [*serve_args(port, workers="2", grpc=False), *limits], port, home / "serve.log"
+    )
     procs = Processes()
     results: list[Result] = []
     interrupted = False
@@ -391,7 +399,11 @@ def main() -> None:
         rows = site_rows(SITES, ROWS)
         shifted = site_rows(SITES, ROWS, shift={SHIFTED.removeprefix("churn."): -3.0})[SHIFTED]
         clients = Clients(url, {k: v for k, v in rows.items() if k != SHIFTED})
-        print(f"server on {url} (pid {pid}, workers {workers_of(home)}); {seconds:g}s phases", flush=True)
+        print(
+            f"server on {url} (pid {pid}, workers {workers_of(home)}, read timeout {READ_TIMEOUT_S:g}s); "
+            f"{seconds:g}s phases",
+            flush=True,
+        )
         # Warm-up (loads every model, opens the log segments): not measured.
         clients.start()
         time.sleep(2)

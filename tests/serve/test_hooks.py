@@ -211,3 +211,18 @@ def test_lookup_cache_is_bounded_and_keeps_compact_records(source: FakeSource) -
     assert cached.is_fresh(names[-1], "champion")
     assert cached.cached(names[-1], "champion") is cached.cached(names[-1], None)
     assert cached.prewarm() <= 2 and len(cached._cache) == 2
+
+
+def test_not_found_lookups_are_few_and_hold_no_exceptions(source: FakeSource) -> None:
+    cached = CachedSource(source, ttl=60.0, max_missing=8)
+    for i in range(100):
+        with pytest.raises(NotFoundError):
+            cached.resolve(f"nosuch-{i}", None)
+    assert len(cached._missing) == 8  # the newest probes only
+    assert all(isinstance(message, str) for _, message in cached._missing.values())
+    assert cached.is_fresh("nosuch-99", None) and not cached.is_fresh("nosuch-0", None)
+    with pytest.raises(NotFoundError, match="nosuch-99"):
+        cached.resolve("nosuch-99", None)  # answered from the cache
+    assert cached.resolve("digits", None).version == 1
+    cached.invalidate()
+    assert not cached._missing and not cached.is_fresh("nosuch-99", None)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from modelfab.errors import ConfigError, InvalidInputError, ModelfabError, NotFoundError
+from modelfab.errors import ConfigError, InvalidInputError, NotFoundError
 
 __all__ = [
     "CachedSource",
@@ -196,13 +196,18 @@ class CachedSource:
         *,
         watched_ttl: float = 300.0,
         max_entries: int = 50_000,
+        max_missing: int = 4096,
     ):
         self.inner = inner
         self.ttl = ttl
         self.max_entries = max(1, max_entries)
         self._clock = clock
         self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str | int | None], tuple[float, VersionInfo | ModelfabError]] = {}
+        self._cache: dict[tuple[str, str | int | None], tuple[float, VersionInfo]] = {}
+        # 'Not found' answers apart, fewer and as bare messages: clients choose these names, so 10,000
+        # probes must not hold 10,000 exceptions (with their tracebacks) until the found ones push them out.
+        self._missing: dict[tuple[str, str | int | None], tuple[float, str]] = {}
+        self.max_missing = max(1, max_missing)
         self._generation: Any = None
         self.watches_changes = callable(getattr(inner, "generation", None))
         self._found_ttl = watched_ttl if self.watches_changes else ttl
@@ -222,14 +227,17 @@ class CachedSource:
         return True
 
     def _store(
-        self, key: tuple[str, str | int | None], entry: tuple[float, VersionInfo | ModelfabError]
+        self, key: tuple[str, str | int | None], entry: tuple[float, Any], cache: dict[Any, Any] | None = None
     ) -> None:
-        """Under the lock: keep ``entry``, dropping the oldest entries beyond ``max_entries``."""
-        cache = self._cache
+        """Under the lock: keep ``entry``, dropping the oldest entries beyond the cache's bound."""
+        if cache is None:
+            cache, bound = self._cache, self.max_entries
+        else:
+            bound = self.max_missing
         cache.pop(key, None)  # re-inserted at the end: the oldest entries are the first ones
         cache[key] = entry
-        if len(cache) > self.max_entries:
-            for old in list(itertools.islice(cache, len(cache) - self.max_entries)):
+        if len(cache) > bound:
+            for old in list(itertools.islice(cache, len(cache) - bound)):
                 del cache[old]
 
     def resolve(self, name: str, ref: str | int | None) -> VersionInfo:
@@ -238,18 +246,22 @@ class CachedSource:
         key = (name, ref)
         now = self._clock()
         hit = self._cache.get(key)
-        if hit is None or hit[0] < now:
-            try:
-                value: VersionInfo | ModelfabError = _slim(self.inner.resolve(check_model_name(name), ref))
-            except NotFoundError as exc:
-                value = exc
-            expires = now + (self.ttl if isinstance(value, ModelfabError) else self._found_ttl)
-            hit = (expires, value)
+        if hit is not None and hit[0] >= now:
+            return hit[1]
+        missing = self._missing.get(key)
+        if missing is not None and missing[0] >= now:
+            raise NotFoundError(missing[1])
+        try:
+            value = _slim(self.inner.resolve(check_model_name(name), ref))
+        except NotFoundError as exc:
             with self._lock:
-                self._store(key, hit)
-        if isinstance(hit[1], ModelfabError):
-            raise NotFoundError(hit[1].message)
-        return hit[1]
+                self._cache.pop(key, None)
+                self._store(key, (now + self.ttl, exc.message), self._missing)
+            raise NotFoundError(exc.message) from None
+        with self._lock:
+            self._missing.pop(key, None)
+            self._store(key, (now + self._found_ttl, value))
+        return value
 
     def prewarm(self) -> int:
         """Resolve every model's champion with one index read (blocking I/O), so that with thousands of
@@ -270,18 +282,21 @@ class CachedSource:
         """The version ``resolve`` would answer from the cache, without I/O; None when it would not (not
         cached, expired, or cached as not found). Only names that passed ``check_model_name`` are cached."""
         hit = self._cache.get((name, None if ref == "champion" else ref))
-        if hit is None or hit[0] < self._clock() or isinstance(hit[1], ModelfabError):
+        if hit is None or hit[0] < self._clock():
             return None
         return hit[1]
 
     def is_fresh(self, name: str, ref: str | int | None) -> bool:
         """Whether ``resolve`` would answer from the cache, without I/O."""
-        hit = self._cache.get((name, None if ref == "champion" else ref))
-        return hit is not None and hit[0] >= self._clock()
+        key = (name, None if ref == "champion" else ref)
+        now = self._clock()
+        hit = self._cache.get(key) or self._missing.get(key)
+        return hit is not None and hit[0] >= now
 
     def invalidate(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._missing.clear()
 
     def fetch(self, digest: str) -> bytes:
         return self.inner.fetch(digest)
