@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -289,3 +292,20 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_server(source: FakeSource, home: Path, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+    """``run_server`` in a process of its own, serving ``source`` (dumped under ``home``) on ``port``."""
+    dump_source(source, home / "fake_registry")
+    script = (
+        "from modelfab.settings import Settings\n"
+        "from modelfab.serve import run_server\n"
+        f"run_server(Settings(), port={port}, grpc_port=None, workers={workers}, max_memory_bytes='256MiB',"
+        " source_factory='serve_helpers:file_source', log_level='WARNING')\n"
+    )
+    env = {
+        **os.environ,
+        "MODELFAB_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests" / "serve")]),
+    }
+    return subprocess.Popen([sys.executable, "-c", script], env=env, cwd=home)

@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import ROOT, FakeSource, dump_source, free_port, wait_for
+from serve_helpers import FakeSource, free_port, start_server, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @contextmanager
 def _two_workers(source: FakeSource, home: Path) -> Iterator[str]:
-    dump_source(source, home / "fake_registry")
     port = free_port()
-    script = (
-        "from modelfab.settings import Settings\n"
-        "from modelfab.serve import run_server\n"
-        f"run_server(Settings(), port={port}, grpc_port=None, workers=2, max_memory_bytes='256MiB',"
-        " source_factory='serve_helpers:file_source', log_level='WARNING')\n"
-    )
-    env = {
-        **os.environ,
-        "MODELFAB_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests" / "serve")]),
-    }
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=home)
+    proc = start_server(source, home, port)
     url = f"http://127.0.0.1:{port}"
     status = home / "run" / "serve.json"
     try:

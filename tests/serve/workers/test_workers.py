@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from serve_helpers import ROOT, FakeSource, dump_source, free_port, wait_for
+from serve_helpers import FakeSource, free_port, start_server, wait_for
 
 from modelfab.traffic.predlog import read_predictions
 
@@ -30,20 +28,8 @@ def _status(home: Path) -> dict[str, object]:
 
 
 def test_killed_worker_is_restarted_and_predictions_survive(source: FakeSource, tmp_path: Path) -> None:
-    dump_source(source, tmp_path / "fake_registry")
     port = free_port()
-    script = (
-        "from modelfab.settings import Settings\n"
-        "from modelfab.serve import run_server\n"
-        f"run_server(Settings(), port={port}, grpc_port=None, workers=2, max_memory_bytes='256MiB',"
-        " source_factory='serve_helpers:file_source', log_level='WARNING')\n"
-    )
-    env = {
-        **os.environ,
-        "MODELFAB_HOME": str(tmp_path),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests" / "serve")]),
-    }
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path)
+    proc = start_server(source, tmp_path, port)
     url = f"http://127.0.0.1:{port}"
     answered: list[str] = []
     failures: list[str] = []
