@@ -17,14 +17,37 @@ app = typer.Typer(
 @app.command("import")
 def import_(
     name: Annotated[str, typer.Argument(help="Dataset name, e.g. churn.")],
-    file: Annotated[Path, typer.Argument(help="A .csv or .parquet file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(help="A .csv or .parquet file, or an image folder <partition>/<label>/*.png|jpg."),
+    ],
+    image_column: Annotated[
+        str | None,
+        typer.Option("--image-column", help="The Parquet column holding encoded PNG/JPEG images (bytes)."),
+    ] = None,
+    partition_column: Annotated[
+        str, typer.Option("--partition-column", help="Image folders: the column named by the first level.")
+    ] = "camera",
+    resize: Annotated[
+        str | None,
+        typer.Option(
+            "--resize", help="Images: resize every image to WxH (e.g. 32x32) instead of refusing mixed sizes."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the version as JSON.")] = False,
 ) -> None:
-    """Import FILE as a new version of dataset NAME (identical data returns the existing version)."""
-    from modelfab.data import import_dataset
+    """Import FILE as a new version of dataset NAME (identical data returns the existing version).
 
+    Images (a folder tree or --image-column) are all decoded and checked first; a corrupt file, a file
+    that is not an image or a size that differs is refused with its path, and nothing is stored."""
+    from modelfab.data import import_dataset
+    from modelfab.data.images import parse_size
+
+    size = parse_size(resize) if resize is not None else None
     ws = open_workspace()
-    version, created = import_dataset(ws, name, file)
+    version, created = import_dataset(
+        ws, name, file, image_column=image_column, partition_column=partition_column, resize=size
+    )
     if json_out:
         print_json(
             {
