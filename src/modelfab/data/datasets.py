@@ -143,14 +143,18 @@ def import_dataset(
     path = Path(path)
     if path.is_dir():
         df, size = images.read_image_folder(path, partition_column, resize)
-        return _store_images(ws, name, df, str(path), "image", partition_column, size)
+        return _store_images(ws, name, normalize(df, str(path)), str(path), "image", partition_column, size)
     if image_column is None:
         if resize is not None:
             raise DataError(f"{path}: --resize applies to images; name the image column with --image-column")
         return _store(ws, name, read_table(path), str(path))
     df, size = images.check_image_column(read_table(path), image_column, str(path), resize)
     if "label" in df.columns:
-        df["label"] = df["label"].map(lambda v: v if v is None else str(v)).astype(object)
+        # Labels are text, typed as a folder tree's (built from a list of str), so both digests agree.
+        import pandas as pd
+
+        labels = [None if v is None or v != v else str(v) for v in df["label"].tolist()]
+        df = df.assign(label=pd.Series(labels, index=df.index))
     return _store_images(ws, name, df, str(path), image_column, partition_column, size)
 
 
