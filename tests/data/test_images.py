@@ -304,7 +304,7 @@ def test_camera_frame_counts_labels_and_determinism() -> None:
 
 def test_cameras_are_learnable_alone_and_confuse_one_global_model() -> None:
     """Logistic regression on pixels: clearly above chance per camera, and better per camera than one
-    model over all cameras (the generator's bikes across the street sit in other cameras' spots)."""
+    model over all cameras (a bike across the street sits in the partner camera's spot)."""
     from sklearn.linear_model import LogisticRegression
 
     df = camera_frame(cameras=8, images_per_camera=160, size=32, seed=0, small_cameras=0, one_class_cameras=0)
@@ -320,5 +320,5 @@ def test_cameras_are_learnable_alone_and_confuse_one_global_model() -> None:
         alone.append(own.score(x[te], y[te]))
         together.append(pooled.score(x[te], y[te]))
     assert min(alone) > 0.85
-    assert np.median(alone) - np.median(together) >= 0.02
-    assert sum(a > t for a, t in zip(alone, together, strict=True)) >= len(alone) // 2
+    assert np.median(alone) - np.median(together) >= 0.1
+    assert all(a > t for a, t in zip(alone, together, strict=True))

@@ -84,12 +84,13 @@ def camera_frame(
 ) -> pd.DataFrame:
     """Camera-like PNG images, columns ``camera``, ``label`` (``bike`` or ``empty``) and ``image`` (bytes).
 
-    Each camera has its own background (two colours in a striped, noisy texture), lighting (brightness and
-    contrast) and viewpoint (where and how large bikes appear). An image is ``bike`` when a bike (two wheels
+    Cameras come in pairs watching one street from opposite sides: a street has its own background (two
+    colours in a striped, noisy texture) and bike size; each camera its own tint, lighting (brightness and
+    contrast) and viewpoint (one of four spots where bikes park). An image is ``bike`` when a bike (two wheels
     and a frame, dark) stands in the camera's spot, ``empty`` otherwise. Most ``empty`` images (and a few
     ``bike`` ones) show a bike parked across the street (the spot mirrored through the centre): it does not
-    count there, yet it is exactly where another camera's spot lies, so one global model confuses cameras
-    that a per-camera model (or fine-tuning) tells apart.
+    count there, yet it is exactly where the partner camera's spot lies, so one global model confuses the
+    two (only tint and lighting tell them apart) while a per-camera model (or fine-tuning) does not.
 
     Of the ``cameras`` cameras, the last ``small_cameras`` have only a few images and the
     ``one_class_cameras`` before them only ``empty`` ones; both are for the factory to skip with a reason.
@@ -104,10 +105,8 @@ def camera_frame(
         raise ValueError("size must be at least 12 pixels for a bike to be drawn")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    # Four viewpoints: cameras facing opposite ways share a bike size, and each one's spot is exactly where
-    # the other sees the far side of the street, so only the background tells their labels apart.
-    sizes = rng.uniform(0.8, 1.15, size=2) * size / 32
-    # Backgrounds vary around one street's colours: cameras differ in texture and light more than in hue.
+    # Four viewpoints; cameras come in pairs watching one street from opposite sides: the same street
+    # (texture, colours, bike size), each camera's spot exactly where its partner sees the far side.
     palette = rng.uniform(0.45, 0.9, size=(2, 3)).astype(np.float32)
     frames = []
     for c in range(cameras):
@@ -115,15 +114,17 @@ def camera_frame(
         small = c >= cameras - small_cameras
         one_class = not small and c >= cameras - small_cameras - one_class_cameras
         n = min(SMALL_CAMERA_IMAGES, images_per_camera) if small else images_per_camera
-        # Everything camera-specific is drawn first, so a camera looks the same whatever n is.
-        colours = np.clip(palette + rng.normal(0, 0.05, size=(2, 3)), 0.3, 1.0).astype(np.float32)
-        angle, freq = rng.uniform(0, np.pi), rng.uniform(0.25, 0.9)
-        phase = rng.uniform(0, 2 * np.pi)
+        street = np.random.default_rng([seed, (c // 4) * 2 + c % 2])
+        street_colours = palette + street.normal(0, 0.1, size=(2, 3))
+        angle, freq = street.uniform(0, np.pi), street.uniform(0.25, 0.9)
+        phase = street.uniform(0, 2 * np.pi)
+        scale = street.uniform(0.8, 1.15) * size / 32
+        # The camera's own sensor and light, drawn before its images so it looks the same whatever n is.
+        colours = np.clip(street_colours + rng.normal(0, 0.04, size=(2, 3)), 0.3, 1.0).astype(np.float32)
         brightness, contrast = rng.uniform(-0.08, 0.08), rng.uniform(0.75, 1.1)
         view = c % 4
         spot = np.array([np.cos(view * np.pi / 2), np.sin(view * np.pi / 2)], dtype=np.float32)
         spot = spot * 0.2 * size + size / 2
-        scale = float(sizes[view % 2])
         stripes = 0.5 + 0.5 * np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
         background = stripes[..., None] * colours[0] + (1 - stripes[..., None]) * colours[1]
 
