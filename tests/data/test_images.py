@@ -276,6 +276,12 @@ def test_cli_imports_a_folder_with_resize_and_reports_errors(
     assert '"rows": 8' in ok.output and '"site"' in ok.output
     bad = runner.invoke(app, ["data", "import", "cams", str(root), "--resize", "8by8"])
     assert bad.exit_code == 1 and "WIDTHxHEIGHT" in str(bad.exception)
+    again = runner.invoke(
+        app, ["data", "import", "cams", str(root), "--resize", "8x8", "--partition-column", "site"]
+    )
+    assert again.exit_code == 0 and "unchanged" in again.output and "images 8x8" in again.output
+    clash = runner.invoke(app, ["data", "import", "cams", str(root), "--partition-column", "label"])
+    assert clash.exit_code == 1 and "clashes" in str(clash.exception)
 
 
 # -- the camera generator -----------------------------------------------------------------------------------

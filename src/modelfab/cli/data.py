@@ -26,7 +26,11 @@ def import_(
         typer.Option("--image-column", help="The Parquet column holding encoded PNG/JPEG images (bytes)."),
     ] = None,
     partition_column: Annotated[
-        str, typer.Option("--partition-column", help="Image folders: the column named by the first level.")
+        str,
+        typer.Option(
+            "--partition-column",
+            help="Images: the partition column (a folder's first level; orders a Parquet file's rows).",
+        ),
     ] = "camera",
     resize: Annotated[
         str | None,
@@ -61,9 +65,10 @@ def import_(
         )
         return
     verb = "imported" if created else "unchanged, already stored as"
+    images = [f", images {c['width']}x{c['height']}" for c in version.columns if c.get("kind") == "image"]
     console.print(
-        f"{verb} [bold]{version.ref}[/]: {version.rows:,} rows, {len(version.columns)} columns, "
-        f"sha256 {version.digest[:12]}"
+        f"{verb} [bold]{version.ref}[/]: {version.rows:,} rows, {len(version.columns)} columns"
+        f"{''.join(images)}, sha256 {version.digest[:12]}"
     )
 
 

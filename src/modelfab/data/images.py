@@ -147,6 +147,8 @@ def read_image_folder(
     import pandas as pd
 
     root = Path(root)
+    if partition_column in ("label", "image"):
+        raise DataError(f"--partition-column {partition_column!r} clashes with the label and image columns")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; give a folder laid out as <partition>/<label>/*.png")
     check = _SizeCheck(resize)
