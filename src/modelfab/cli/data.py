@@ -42,8 +42,7 @@ def import_(
 ) -> None:
     """Import FILE as a new version of dataset NAME (identical data returns the existing version).
 
-    Images (a folder tree or --image-column) are all decoded and checked first; a corrupt file, a file
-    that is not an image or a size that differs is refused with its path, and nothing is stored."""
+    Images are all decoded first: a bad file is refused by path and nothing is stored."""
     from modelfab.data import import_dataset
     from modelfab.data.images import parse_size
 
