@@ -17,14 +17,40 @@ app = typer.Typer(
 @app.command("import")
 def import_(
     name: Annotated[str, typer.Argument(help="Dataset name, e.g. churn.")],
-    file: Annotated[Path, typer.Argument(help="A .csv or .parquet file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(help="A .csv or .parquet file, or an image folder <partition>/<label>/*.png|jpg."),
+    ],
+    image_column: Annotated[
+        str | None,
+        typer.Option("--image-column", help="The Parquet column holding encoded PNG/JPEG images (bytes)."),
+    ] = None,
+    partition_column: Annotated[
+        str,
+        typer.Option(
+            "--partition-column",
+            help="Images: the partition column (a folder's first level; orders a Parquet file's rows).",
+        ),
+    ] = "camera",
+    resize: Annotated[
+        str | None,
+        typer.Option(
+            "--resize", help="Images: resize every image to WxH (e.g. 32x32) instead of refusing mixed sizes."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the version as JSON.")] = False,
 ) -> None:
-    """Import FILE as a new version of dataset NAME (identical data returns the existing version)."""
-    from modelfab.data import import_dataset
+    """Import FILE as a new version of dataset NAME (identical data returns the existing version).
 
+    Images are all decoded first: a bad file is refused by path and nothing is stored."""
+    from modelfab.data import import_dataset
+    from modelfab.data.images import parse_size
+
+    size = parse_size(resize) if resize is not None else None
     ws = open_workspace()
-    version, created = import_dataset(ws, name, file)
+    version, created = import_dataset(
+        ws, name, file, image_column=image_column, partition_column=partition_column, resize=size
+    )
     if json_out:
         print_json(
             {
@@ -38,9 +64,10 @@ def import_(
         )
         return
     verb = "imported" if created else "unchanged, already stored as"
+    images = [f", images {c['width']}x{c['height']}" for c in version.columns if c.get("kind") == "image"]
     console.print(
-        f"{verb} [bold]{version.ref}[/]: {version.rows:,} rows, {len(version.columns)} columns, "
-        f"sha256 {version.digest[:12]}"
+        f"{verb} [bold]{version.ref}[/]: {version.rows:,} rows, {len(version.columns)} columns"
+        f"{''.join(images)}, sha256 {version.digest[:12]}"
     )
 
 

@@ -1,4 +1,4 @@
-"""Import CSV/Parquet files as immutable dataset versions and load them back."""
+"""Import CSV/Parquet files and image folders as immutable dataset versions and load them back."""
 
 from __future__ import annotations
 
@@ -70,11 +70,18 @@ def normalize(df: pd.DataFrame, source: str) -> pd.DataFrame:
     df = df.copy()
     df.columns = pd.Index(names)
     for col in df.columns:
+        if df[col].dtype == object and _is_binary(df[col]):
+            continue  # image bytes (an image dataset's column) stay bytes
         if df[col].dtype == object or str(df[col].dtype).startswith("string"):
             # Mixed objects are stored as text: one type per column keeps the digest stable.
             df[col] = df[col].map(lambda x: x if x is None or isinstance(x, str) else str(x)).astype(object)
             df[col] = df[col].where(df[col].notna(), None)
     return df.reset_index(drop=True)
+
+
+def _is_binary(s: pd.Series) -> bool:
+    values = s.dropna()
+    return len(values) > 0 and all(isinstance(v, bytes) for v in values)
 
 
 def column_kinds(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -89,6 +96,8 @@ def column_kinds(df: pd.DataFrame) -> list[dict[str, Any]]:
             kind = "numeric"
         elif pd.api.types.is_datetime64_any_dtype(s):
             kind = "datetime"
+        elif s.dtype == object and _is_binary(s):
+            kind = "binary"
         else:
             kind = "categorical"
         out.append({"name": col, "dtype": str(s.dtype), "kind": kind, "missing": int(s.isna().sum())})
@@ -113,10 +122,60 @@ def _check_name(name: str) -> None:
         raise DataError(f"dataset name {name!r} is not allowed: use letters, digits, '.', '_' or '-'")
 
 
-def import_dataset(ws: Workspace, name: str, path: str | Path) -> tuple[DatasetVersion, bool]:
-    """Import a file as a dataset version. Identical data returns the existing version (created=False)."""
+def import_dataset(
+    ws: Workspace,
+    name: str,
+    path: str | Path,
+    *,
+    image_column: str | None = None,
+    partition_column: str = "camera",
+    resize: tuple[int, int] | None = None,
+) -> tuple[DatasetVersion, bool]:
+    """Import a file as a dataset version. Identical data returns the existing version (created=False).
+
+    A folder is an image tree ``<partition>/<label>/*.png|jpg|jpeg`` (``partition_column`` names its first
+    level); a table with ``image_column`` holds encoded images. Images are all decoded and checked before
+    anything is stored; ``resize`` is ``(width, height)`` for images of mixed sizes.
+    """
+    from modelfab.data import images
+
     _check_name(name)
-    return _store(ws, name, read_table(path), str(path))
+    path = Path(path)
+    if path.is_dir():
+        df, size = images.read_image_folder(path, partition_column, resize)
+        return _store_images(ws, name, normalize(df, str(path)), str(path), "image", partition_column, size)
+    if image_column is None:
+        if resize is not None:
+            raise DataError(f"{path}: --resize applies to images; name the image column with --image-column")
+        return _store(ws, name, read_table(path), str(path))
+    df, size = images.check_image_column(read_table(path), image_column, str(path), resize)
+    if "label" in df.columns:
+        # Labels are text, typed as a folder tree's (built from a list of str), so both digests agree.
+        import pandas as pd
+
+        labels = [None if v is None or v != v else str(v) for v in df["label"].tolist()]
+        df = df.assign(label=pd.Series(labels, index=df.index))
+    return _store_images(ws, name, df, str(path), image_column, partition_column, size)
+
+
+def _store_images(
+    ws: Workspace,
+    name: str,
+    df: pd.DataFrame,
+    source: str,
+    image_column: str,
+    partition_column: str,
+    size: tuple[int, int],
+) -> tuple[DatasetVersion, bool]:
+    from modelfab.data.images import canonical_order
+
+    df = canonical_order(df, partition_column)
+    columns = column_kinds(df)
+    for c in columns:
+        if c["name"] == image_column:
+            # The trainers and the exported graph's input shape read the size from here.
+            c.update(kind="image", width=size[0], height=size[1])
+    return _store(ws, name, df, source, columns)
 
 
 def import_frame(ws: Workspace, name: str, df: pd.DataFrame, source: str) -> tuple[DatasetVersion, bool]:
@@ -135,12 +194,15 @@ def import_frame(ws: Workspace, name: str, df: pd.DataFrame, source: str) -> tup
     return _store(ws, name, normalize(pd.read_parquet(io.BytesIO(buf.getvalue())), source), source)
 
 
-def _store(ws: Workspace, name: str, df: pd.DataFrame, source: str) -> tuple[DatasetVersion, bool]:
+def _store(
+    ws: Workspace, name: str, df: pd.DataFrame, source: str, columns: list[dict[str, Any]] | None = None
+) -> tuple[DatasetVersion, bool]:
     digest = table_digest(df)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     artifact = ws.artifacts.put(buf.getvalue())
-    return ws.registry.add_dataset(name, digest, artifact.digest, len(df), column_kinds(df), source)
+    kinds = column_kinds(df) if columns is None else columns
+    return ws.registry.add_dataset(name, digest, artifact.digest, len(df), kinds, source)
 
 
 def load_dataset(ws: Workspace, dataset: DatasetVersion) -> pd.DataFrame:
