@@ -82,7 +82,7 @@ def test_decode_resizes_to_width_by_height_and_refuses_mixed_sizes_without() -> 
     assert decode_images([], size=(5, 7)).shape == (0, 7, 5, 3)
 
 
-def test_decode_is_fast_enough_for_a_few_thousand_small_images(cams: pd.DataFrame) -> None:
+def test_decode_handles_a_few_thousand_small_images_in_one_call(cams: pd.DataFrame) -> None:
     blobs = cams["image"].tolist() * 100  # 3,600 images
     out = decode_images(blobs)
     assert out.shape == (len(blobs), 16, 16, 3)
