@@ -123,7 +123,8 @@ class Serving(_Strict):
     max_wait_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
     # ONNX Runtime execution providers, in order (cuda, tensorrt, openvino, cpu or ONNX Runtime's names);
     # None: the server's choice. Ones not installed where the model is served are skipped with a warning.
-    providers: list[str] | None = None
+    # Left out of dumps when unset, so recipes without it keep their digest and their stored serving section.
+    providers: list[str] | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @field_validator("providers")
     @classmethod

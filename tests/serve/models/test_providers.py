@@ -72,6 +72,7 @@ def test_provider_names() -> None:
 def test_recipe_serving_section_checks_and_normalises_providers() -> None:
     assert Serving.model_validate({"providers": ["cuda", "cpu"]}).providers == [CUDA, CPU]
     assert Serving.model_validate({}).providers is None
+    assert Serving().model_dump() == {"max_batch_size": 64, "max_wait_ms": 2.0}  # recipe digests unchanged
     assert Serving.model_validate({"providers": ["cuda"]}).model_dump()["providers"] == [CUDA]
     with pytest.raises(ValueError, match="unknown execution provider 'gpu'"):
         Serving.model_validate({"providers": ["gpu"]})
