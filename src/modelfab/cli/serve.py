@@ -92,5 +92,5 @@ def serve(
         log_sample_rate=log_sample_rate,
         pinned=tuple(pin or ()),
         share_graphs=shared_graphs,
-        providers=tuple(p for p in providers.split(",") if p.strip()),
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
     )

@@ -4,11 +4,13 @@ CPU with one warning per model, shown in metadata and /metrics, and keying share
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import httpx
 import onnxruntime as ort
 import pytest
 from serve_helpers import FakeSource, MakeServer, digits_mlp
+from typer.testing import CliRunner
 
 from modelfab.errors import ConfigError
 from modelfab.recipe import Serving
@@ -170,3 +172,17 @@ def test_server_shows_providers_in_metadata_and_metrics(
             assert not [line for line in lines if 'model="azure"' in line]
     warned = [r.getMessage() for r in caplog.records if "asks for" in r.getMessage()]
     assert len(warned) == 1 and "wants-gpu" in warned[0]
+
+
+def test_cli_serve_takes_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelfab.serve
+    from modelfab.cli.main import app
+
+    monkeypatch.setenv("MODELFAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
+    got: dict[str, object] = {}
+    monkeypatch.setattr(modelfab.serve, "run_server", lambda settings, **kw: got.update(kw))
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--providers", "tensorrt, cuda,cpu"])
+    assert result.exit_code == 0, result.output
+    assert got["providers"] == ("tensorrt", "cuda", "cpu")  # run_server checks and normalises them
+    assert "--providers" in CliRunner().invoke(app, ["serve", "--help"]).output
