@@ -121,6 +121,17 @@ class Gate(_Strict):
 class Serving(_Strict):
     max_batch_size: int = Field(default=64, ge=1, le=65536)
     max_wait_ms: float = Field(default=2.0, ge=0.0, le=10_000.0)
+    # ONNX Runtime execution providers, in order (cuda, tensorrt, openvino, cpu or ONNX Runtime's names);
+    # None: the server's choice. Ones not installed where the model is served are skipped with a warning.
+    # Left out of dumps when unset, so recipes without it keep their digest and their stored serving section.
+    providers: list[str] | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, v: list[str] | None) -> list[str] | None:
+        from modelfab.serve.models.providers import parse_providers
+
+        return list(parse_providers(v)) if v else None
 
 
 _DURATION_RE = r"\d+(\.\d+)?(ms|s|m|h|d)"

@@ -49,6 +49,13 @@ def serve(
         bool,
         typer.Option(help="Small models that differ only in their weights share one ONNX Runtime session."),
     ] = True,
+    providers: Annotated[
+        str,
+        typer.Option(
+            help="ONNX Runtime execution providers in order, comma-separated (cuda, tensorrt, openvino, cpu) "
+            "for models whose recipe names none; default: CUDA if installed, then CPU.",
+        ),
+    ] = "",
 ) -> None:
     """Serve the workspace's models: lazy loading, LRU by bytes, adaptive batching, elastic workers."""
     from modelfab.errors import ConfigError
@@ -85,4 +92,5 @@ def serve(
         log_sample_rate=log_sample_rate,
         pinned=tuple(pin or ()),
         share_graphs=shared_graphs,
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
     )

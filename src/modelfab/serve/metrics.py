@@ -220,6 +220,14 @@ class ServeMetrics(CacheEvents):
         self.cpu_seconds = Counter("modelfab_model_cpu_seconds", "CPU seconds spent in ONNX Runtime", _MV)
         self.queue_depth = Gauge("modelfab_queue_depth", "Requests waiting for a batch", _MV)
         self.resident_bytes = Gauge("modelfab_model_resident_bytes", "Bytes held by a loaded model", _MV)
+        # One series per loaded version: the execution provider its session runs on first (CPU is always
+        # there as ONNX Runtime's fallback, so it is not counted again). Summed over the workers holding it.
+        self.provider = Gauge(
+            "modelfab_model_provider",
+            "Workers holding a model version loaded on an ONNX Runtime execution provider",
+            [*_MV, "provider"],
+        )
+        self._provider_of: dict[tuple[str, str], str] = {}
         self.loads = Counter("modelfab_model_loads", "Model loads", _MV)
         self.load_seconds = Histogram(
             "modelfab_model_load_seconds", "Time to fetch, check and load a model", buckets=_LATENCY
@@ -274,6 +282,19 @@ class ServeMetrics(CacheEvents):
         # An unloaded model has no resident bytes series at all: with thousands of models coming and
         # going, series of zeros would only grow. Counters and histograms stay (they must not go back).
         self.resident_bytes.remove(name, v)
+        provider = self._provider_of.pop((name, v), None)
+        if provider is not None:
+            self.provider.remove(name, v, provider)
+
+    def placed(self, name: str, version: int, providers: tuple[str, ...]) -> None:
+        if not providers:
+            return
+        key = (name, str(version))
+        old = self._provider_of.get(key)
+        if old is not None and old != providers[0]:
+            self.provider.remove(*key, old)
+        self._provider_of[key] = providers[0]
+        self.provider.labels(*key, providers[0]).set(1)
 
     # -- export ----------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Series]:

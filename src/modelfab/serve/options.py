@@ -76,6 +76,9 @@ class ServeOptions:
     prepared_graph_bytes: int = 256 << 20
     # Small models that differ only in their weights run on one shared session (see serve/models/shared.py).
     share_graphs: bool = True
+    # ONNX Runtime execution providers for models whose recipe names none (see serve/models/providers.py);
+    # empty: CUDA when installed, then CPU.
+    providers: tuple[str, ...] = ()
     server_name: str = "modelfab"
     # Plug-ins called with the server settings (None turns one off). The defaults need a workspace: a
     # service built without settings runs without them. One that raises stops the worker's start.

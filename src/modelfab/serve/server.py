@@ -50,12 +50,15 @@ def run_server(
     extra_metrics: Plugin | None = default_metrics,
     db_pool_size: int = 2,
     db_max_overflow: int = 4,
+    providers: Sequence[str] = (),
 ) -> None:
     """Serve every registered model over OIP v2 REST (``port``) and gRPC (``grpc_port``; None: off).
 
     ``workers="auto"`` starts one worker and lets the autoscaler grow to the core count; a number fixes the
     count. ``max_memory_bytes`` (e.g. ``"512MiB"``) bounds the loaded models of the whole server: each
     running worker gets an equal share of it, rebalanced as the autoscaler adds or removes workers.
+    ``providers``: ONNX Runtime execution providers (e.g. ``("cuda", "cpu")``) for models whose recipe's
+    ``serving:`` names none; empty: CUDA when installed, then CPU.
     ``db_pool_size`` and ``db_max_overflow`` bound each worker's registry connections (PostgreSQL).
     ``router_factory``, ``extra_routes`` and ``extra_metrics`` plug in
     canary routing, ``/v2/feedback`` and the loop's gauges (see ServeOptions; None turns one off).
@@ -83,6 +86,12 @@ def run_server(
         raise ConfigError("--read-timeout and --keepalive-timeout must be more than 0 seconds")
     if max_connections < 1:
         raise ConfigError("--max-connections must be at least 1")
+    from modelfab.serve.models.providers import parse_providers
+
+    try:
+        provider_names = parse_providers(providers)
+    except ValueError as exc:
+        raise ConfigError(f"--providers: {exc}") from None
     budget = parse_bytes(max_memory_bytes)
     options = ServeOptions(
         max_memory_bytes=worker_budget(budget, count),
@@ -103,6 +112,7 @@ def run_server(
         extra_metrics=extra_metrics,
         db_pool_size=db_pool_size,
         db_max_overflow=db_max_overflow,
+        providers=provider_names,
     )
     home = Path(settings.home)
     run_dir = home / "run"

@@ -19,6 +19,7 @@ from modelfab.serve.housekeeping import Housekeeper
 from modelfab.serve.metrics import ServeMetrics
 from modelfab.serve.models.cache import CacheEvents, ModelCache
 from modelfab.serve.models.prepared import PreparedGraphs
+from modelfab.serve.models.providers import Providers
 from modelfab.serve.models.runtime import OnnxModel
 from modelfab.serve.models.shared import SharedGraphs
 from modelfab.serve.models.source import CachedSource, ModelSource, VersionInfo, check_model_name
@@ -86,6 +87,7 @@ class InferenceService:
             overhead=lambda: self.metrics.bookkeeping_bytes,
             shared=SharedGraphs(threads=self.options.ort_threads) if self.options.share_graphs else None,
             load_executor=self.pools.load,
+            providers=Providers(self.options.providers or None),
         )
         self._executor = ThreadPoolExecutor(self.options.run_threads, thread_name_prefix="modelfab-run")
         key_bytes = getattr(settings, "key_bytes", None)
@@ -156,6 +158,8 @@ class InferenceService:
             "platform": "onnxruntime_onnx",
             "inputs": [s.as_dict() for s in model.inputs],
             "outputs": [s.as_dict() for s in model.outputs],
+            # OIP parameters take scalars: the session's execution providers, in order, comma-separated.
+            "parameters": {"execution_providers": ",".join(model.providers)},
         }
 
     async def index(self) -> list[dict[str, Any]]:
@@ -364,3 +368,6 @@ class _CacheEvents(CacheEvents):
     def evicted(self, name: str, version: int, size: int, reason: str) -> None:
         self._service.metrics.evicted(name, version, size, reason)
         self._service.batchers.drop(name, version)
+
+    def placed(self, name: str, version: int, providers: tuple[str, ...]) -> None:
+        self._service.metrics.placed(name, version, providers)

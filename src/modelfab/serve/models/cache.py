@@ -21,6 +21,7 @@ from typing import Any
 
 from modelfab.errors import IntegrityError, ModelfabError, OverloadedError, UnavailableError
 from modelfab.serve.models.prepared import PreparedGraphs
+from modelfab.serve.models.providers import CPU_ONLY, Providers
 from modelfab.serve.models.runtime import OnnxModel, session_overhead_bytes
 from modelfab.serve.models.shared import SharedGraphs
 from modelfab.serve.models.source import VersionInfo
@@ -111,6 +112,8 @@ class CacheEvents:
 
     def loaded(self, name: str, version: int, size: int, seconds: float) -> None: ...
     def evicted(self, name: str, version: int, size: int, reason: str) -> None: ...
+    def placed(self, name: str, version: int, providers: tuple[str, ...]) -> None:
+        """A loaded model runs on these execution providers (called right after :meth:`loaded`)."""
 
 
 class ModelCache:
@@ -126,12 +129,15 @@ class ModelCache:
         overhead: Callable[[], int] | None = None,
         shared: SharedGraphs | None = None,
         load_executor: Executor | None = None,
+        providers: Providers | None = None,
     ) -> None:
         """``prepared``: where small models that load again and again keep their optimized graphs.
         ``overhead``: bytes of the budget taken by other things (per-model bookkeeping), read at each load.
         ``shared``: small models that differ only in their weights run on one session (:mod:`.shared`);
         the shared sessions count against the budget. ``load_executor``: where models too big to load on
-        the event loop load (None: the loop's default executor)."""
+        the event loop load (None: the loop's default executor). ``providers``: which execution providers
+        each model's session runs on (None: CPU only)."""
+        self._providers = providers
         self._load_executor = load_executor
         self._overhead = overhead
         self.shared = shared
@@ -278,18 +284,30 @@ class ModelCache:
             entry.model = model
         self._failures.pop(key, None)
         self._events.loaded(info.name, info.version, model.resident_bytes, time.monotonic() - started)
+        self._events.placed(info.name, info.version, model.providers)
 
     def _build(self, info: VersionInfo) -> OnnxModel:
+        wanted = CPU_ONLY
+        if self._providers is not None:
+            wanted = self._providers.for_model(info.name, info.serving)
+        model = self._build_on(info, wanted)
+        if self._providers is not None:
+            self._providers.settled(info.name, wanted, model.providers)
+        return model
+
+    def _build_on(self, info: VersionInfo, providers: tuple[str, ...]) -> OnnxModel:
         digest = info.artifact_digest
         small = 0 <= info.artifact_size < INLINE_LOAD_BYTES
         data: bytes | None = None
         # Only small models, which load on the loop thread: shared and prepared graphs are not thread-safe.
         if small and self.shared is not None and self.shared.shareable(digest):
             data = self._fetch_checked(info)
-            model = self.shared.load(info.name, info.version, digest, data)
+            model = self.shared.load(info.name, info.version, digest, data, providers)
             if model is not None:
                 return model
-        prepared = self._prepared if small else None
+        # A graph optimized at the extended level is specific to the providers it was optimized for (ONNX
+        # Runtime assigns fused nodes to them): prepared graphs are for CPU-only sessions.
+        prepared = self._prepared if small and providers == CPU_ONLY else None
         if prepared is not None:
             graph = prepared.get(digest)
             if graph is not None:
@@ -305,7 +323,7 @@ class ModelCache:
             else:
                 prepared.adopt(digest)
                 return model
-        return OnnxModel(info.name, info.version, data, threads=self._threads)
+        return OnnxModel(info.name, info.version, data, threads=self._threads, providers=providers)
 
     def _fetch_checked(self, info: VersionInfo) -> bytes:
         try:

@@ -16,6 +16,9 @@ left alone. Results match the model's own session to float rounding (the shared 
 so e.g. MatMul+Add may run fused as Gemm). A model whose weights are mostly attributes (tree ensembles and
 ``ai.onnx.ml`` linear models) gains nothing from sharing and keeps its own session (see :mod:`.prepared`).
 
+Sessions are per execution provider set as well (:mod:`.providers`): models of one architecture served on
+CUDA and on CPU share a graph's structure but not its session.
+
 A client cannot reach the weights: they are not in the model's metadata, an input with their name is refused
 as unknown, and they are fed after the client's inputs.
 """
@@ -25,16 +28,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from modelfab.errors import ModelfabError
+from modelfab.serve.models.providers import CPU_ONLY
 from modelfab.serve.models.runtime import OnnxModel
 from modelfab.serve.types import Array
 
-__all__ = ["LIFTABLE_OPS", "SharedGraphs", "Split", "split_weights"]
+__all__ = ["LIFTABLE_OPS", "SharedGraphs", "Split", "graph_key", "split_weights"]
 
 log = logging.getLogger("modelfab.serve")
 
@@ -138,6 +143,13 @@ def split_weights(onnx: bytes) -> Split | None:
     return Split(hashlib.sha256(data).hexdigest(), data, weights)
 
 
+def graph_key(structure: str, providers: Sequence[str]) -> str:
+    """A shared session's key: the graph's structure and the providers that run it (CPU-only keeps the bare
+    structure hash)."""
+    providers = tuple(providers)
+    return structure if providers == CPU_ONLY else f"{structure}@{','.join(providers)}"
+
+
 @dataclass(slots=True)
 class _Graph:
     model: OnnxModel  # the shared graph's session and metadata; models are copies with their weights
@@ -162,29 +174,38 @@ class SharedGraphs:
         """False for an artifact already found not to share (skip the parse)."""
         return digest not in self._unshareable
 
-    def load(self, name: str, version: int, digest: str, onnx: bytes) -> OnnxModel | None:
-        """``onnx`` (digest already checked) as a model on a shared graph; None when it does not share."""
+    def load(
+        self, name: str, version: int, digest: str, onnx: bytes, providers: Sequence[str] = CPU_ONLY
+    ) -> OnnxModel | None:
+        """``onnx`` (digest already checked) as a model on a shared graph run by ``providers``; None when it
+        does not share."""
         split = split_weights(onnx)
         if split is None or split.key in self._unshareable:
             self._unshareable.add(digest)
             return None
-        graph = self._graphs.get(split.key)
+        key = graph_key(split.key, providers)
+        graph = self._graphs.get(key)
         if graph is None:
             try:
                 shared = OnnxModel(
-                    name, version, split.graph, threads=self._threads, weight_inputs=split.weights
+                    name,
+                    version,
+                    split.graph,
+                    threads=self._threads,
+                    weight_inputs=split.weights,
+                    providers=providers,
                 )
             except ModelfabError as exc:
                 log.info("model %s version %s keeps its own session: %s", name, version, exc)
                 self._unshareable.update((digest, split.key))
                 return None
             graph = _Graph(shared)
-            self._graphs[split.key] = graph
+            self._graphs[key] = graph
             self.resident_bytes += shared.resident_bytes
-        self._graphs.move_to_end(split.key)
+        self._graphs.move_to_end(key)
         graph.users += 1
         size = sum(a.nbytes for a in split.weights.values()) + MODEL_OVERHEAD_BYTES
-        return graph.model.with_weights(name, version, split.weights, size, split.key)
+        return graph.model.with_weights(name, version, split.weights, size, key)
 
     def release(self, model: OnnxModel) -> None:
         """``model`` was dropped; a graph no model uses is kept a while (the next load may need it)."""
