@@ -33,9 +33,9 @@ from modelfab.families import (
 
 __all__ = [
     "CLASSIFICATION_METRICS",
-    "Base",
     "LOWER_IS_BETTER",
     "REGRESSION_METRICS",
+    "Base",
     "Candidate",
     "Gate",
     "IterateSpec",
@@ -118,6 +118,9 @@ class Candidate(_Strict):
         if self.family in TORCH_FAMILIES:
             for key, value in self.params.items():
                 check_torch_param(key, value)
+            depth = self.params.get("depth")
+            if self.family == "resnet" and isinstance(depth, int) and (depth < 8 or (depth - 2) % 6):
+                raise ValueError(f"resnet depth must be 6n+2 (8, 14, 20, ...), got {depth}")
             for key, r in self.search.items():
                 for value in r.choices or ():
                     check_torch_param(key, value)
@@ -133,9 +136,8 @@ def check_torch_param(key: str, value: Any) -> None:
         raise ValueError(f"optimizer {value!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
     if key == "lr_schedule" and value not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule {value!r} is not known; allowed: {', '.join(LR_SCHEDULES)}")
-    if key == "augment":
-        if not isinstance(value, list) or any(v not in AUGMENTATIONS for v in value):
-            raise ValueError(f"augment must be a list of: {', '.join(AUGMENTATIONS)}; got {value!r}")
+    if key == "augment" and (not isinstance(value, list) or any(v not in AUGMENTATIONS for v in value)):
+        raise ValueError(f"augment must be a list of: {', '.join(AUGMENTATIONS)}; got {value!r}")
     if key in _POSITIVE_INTS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if key == "lr" and (not isinstance(value, int | float) or value <= 0):
@@ -295,6 +297,12 @@ class Recipe(_Strict):
         elif self.image is not None:
             raise _AtField(
                 ("image",), f"only task image_classification takes an image column, not {self.task}"
+            )
+        kinds = [c.family in TORCH_FAMILIES for c in self.candidates]
+        if any(kinds) and not all(kinds):
+            raise _AtField(
+                ("candidates", kinds.index(not kinds[0]), "family"),
+                "candidates mix torch and scikit-learn families; one recipe trains one kind: split it in two",
             )
         if self.base is not None:
             for i, cand in enumerate(self.candidates):

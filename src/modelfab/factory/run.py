@@ -108,6 +108,10 @@ def produce(
     check_priority(priority)
     started = time.monotonic()
     plan = make_plan(ws, recipe, recipe_file, dataset=dataset, only=only, alias=alias)
+    if recipe.base is not None:
+        from modelfab.factory.base import resolve_base
+
+        resolve_base(ws, plan, recipe_file)
     reg = ws.registry
     reg.ensure_run(
         plan.run_id,

@@ -46,8 +46,10 @@ def torch_to_onnx(
             x = xs[0] if image_shape is not None else torch.cat(xs, dim=1)
             out = self.net(x)
             if classes is not None:
-                return torch.softmax(out, dim=1)
-            return out * target_scale[1] + target_scale[0]
+                proba: torch.Tensor = torch.softmax(out, dim=1)
+                return proba
+            value: torch.Tensor = out * target_scale[1] + target_scale[0]
+            return value
 
     net.eval()
     if image_shape is not None:
@@ -67,7 +69,7 @@ def torch_to_onnx(
             torch.onnx.export(
                 Exported(),
                 dummy,
-                buf,
+                buf,  # type: ignore[arg-type]
                 input_names=names,
                 output_names=[out_name],
                 dynamic_axes={**{n: {0: "batch"} for n in names}, out_name: {0: "batch"}},
@@ -89,7 +91,12 @@ def _add_label(data: bytes, classes: np.ndarray) -> bytes:
     model = onnx.load_from_string(data)
     graph = model.graph
     if classes.dtype.kind in "OUS":
-        const = helper.make_tensor("classes", TensorProto.STRING, [len(classes)], [str(c).encode() for c in classes])
+        const = helper.make_tensor(
+            "classes",
+            TensorProto.STRING,
+            [len(classes)],
+            [str(c).encode() for c in classes],  # type: ignore[misc]
+        )
         label_type = TensorProto.STRING
     else:
         const = helper.make_tensor("classes", TensorProto.INT64, [len(classes)], [int(c) for c in classes])
@@ -100,7 +107,8 @@ def _add_label(data: bytes, classes: np.ndarray) -> bytes:
     proba = graph.output.pop()
     graph.output.extend([helper.make_tensor_value_info("label", label_type, ["batch"]), proba])
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    out: bytes = model.SerializeToString()
+    return out
 
 
 def verify_torch_parity(

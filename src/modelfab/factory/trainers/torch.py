@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["TorchParams", "build_network", "fit_network", "predict_proba", "state_arrays", "load_state"]
+__all__ = ["TorchParams", "build_network", "fit_network", "load_state", "predict_proba", "state_arrays"]
 
 # Fixed normalisation (not per-partition statistics): per-partition models of one architecture then have
 # the same graph apart from their weights, and a base's weights see the inputs they were trained on.
@@ -57,7 +57,12 @@ class TorchParams:
 
 
 def build_network(
-    family: str, p: TorchParams, outputs: int, *, features: int = 0, stats: dict[str, np.ndarray] | None = None
+    family: str,
+    p: TorchParams,
+    outputs: int,
+    *,
+    features: int = 0,
+    stats: dict[str, np.ndarray] | None = None,
 ) -> nn.Module:
     """The untrained network of ``family`` with ``outputs`` logits (or one regression output)."""
     from torch import nn
@@ -100,7 +105,7 @@ def _float32() -> Any:
     return torch.float32
 
 
-def _ImagePre() -> nn.Module:  # noqa: N802 - reads as a class at the call site
+def _ImagePre() -> nn.Module:
     from torch import nn
 
     class ImagePre(nn.Module):
@@ -110,7 +115,7 @@ def _ImagePre() -> nn.Module:  # noqa: N802 - reads as a class at the call site
     return ImagePre()
 
 
-def _TabularPre(stats: dict[str, np.ndarray]) -> nn.Module:  # noqa: N802
+def _TabularPre(stats: dict[str, np.ndarray]) -> nn.Module:
     import torch
     from torch import nn
 
@@ -122,8 +127,9 @@ def _TabularPre(stats: dict[str, np.ndarray]) -> nn.Module:  # noqa: N802
             self.register_buffer("scale", torch.tensor(stats["scale"], dtype=torch.float32))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = torch.where(torch.isnan(x), self.median, x)
-            return (x - self.mean) / self.scale
+            median, mean, scale = self.get_buffer("median"), self.get_buffer("mean"), self.get_buffer("scale")
+            x = torch.where(torch.isnan(x), median, x)
+            return (x - mean) / scale
 
     return TabularPre()
 
@@ -217,7 +223,7 @@ def fit_network(
     for _ in range(p.epochs):
         net.train()
         if head_only:
-            getattr(net, "body").eval()  # frozen: keep the base's batch-norm statistics
+            net.get_submodule("body").eval()  # frozen: keep the base's batch-norm statistics
         order = rng.permutation(train_idx)
         for start in range(0, len(order), p.batch_size):
             idx = order[start : start + p.batch_size]
@@ -296,7 +302,9 @@ def _schedule(p: TorchParams, opt: Any, total_steps: int) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def predict_proba(net: nn.Module, x: np.ndarray, *, classify: bool = True, batch_size: int = 256) -> np.ndarray:
+def predict_proba(
+    net: nn.Module, x: np.ndarray, *, classify: bool = True, batch_size: int = 256
+) -> np.ndarray:
     """Softmax probabilities (classification) or raw outputs, as float64 numpy."""
     import torch
 
@@ -336,6 +344,8 @@ def load_state(net: nn.Module, data: bytes, *, with_head: bool) -> list[str]:
         if k in own and tuple(own[k].shape) == v.shape and (with_head or not k.startswith("head.")):
             loaded[k] = torch.from_numpy(v.copy()).to(own[k].dtype)
     if not any(k.startswith("body.") for k in loaded):
-        raise TrainingError("the base's weights do not fit this architecture: check the base's family and params")
+        raise TrainingError(
+            "the base's weights do not fit this architecture: check the base's family and params"
+        )
     net.load_state_dict(loaded, strict=False)
     return sorted(loaded)
