@@ -81,6 +81,7 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
     p = TorchParams.of(params)
     build = functools.partial(build_network, cand.family, p, len(classes))
     seed = recipe.effective_seed
+    torch.manual_seed(seed)
     if workers > 1:
         from modelfab.factory.distributed import DistributedSpec, train_distributed  # type: ignore[attr-defined]
 

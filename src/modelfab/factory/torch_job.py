@@ -49,6 +49,7 @@ def fit_torch(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | None
             mean, std = float(np.mean(fy)), float(np.std(fy)) or 1.0
             target, outputs, shift = (fy - mean) / std, 1, (mean, std)
         stats = None if image else _stats(fx)
+        torch.manual_seed(seed)  # the initial weights too
         net = build_network(family, p, outputs, features=fx.shape[1] if not image else 0, stats=stats)
         head_only = False
         if base is not None:
