@@ -9,6 +9,7 @@ this process for one worker, as a distributed job (:mod:`modelfab.factory.distri
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,7 +95,9 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
             lr_schedule=p.lr_schedule,
             augment=p.augment,
         )
-        result = train_distributed(build, images, index, spec, ws.artifacts, seed=seed)
+        # Checkpoints under the workspace, per job: a rerun of the same base resumes from them.
+        folder = Path(ws.settings.home) / "checkpoints" / plan.run_id
+        result = train_distributed(build, images, index, spec, folder, seed=seed)
         net = build()
         net.load_state_dict({k: torch.as_tensor(v) for k, v in result.state_dict.items()})
         extra: dict[str, Any] = {"workers": workers, "restarts": getattr(result, "restarts", 0)}
