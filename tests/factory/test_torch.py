@@ -242,3 +242,12 @@ def test_torch_mlp_refuses_categorical_features(ws: Workspace) -> None:
     text = text.replace("features: [a, b, c]", "features: [a, b, plan]")
     with pytest.raises(RecipeError, match=r"candidates\.0\.family: torch_mlp takes numeric features only"):
         produce(ws, parse_recipe(text), workers=1)
+
+
+def test_a_base_trained_by_a_distributed_job(cams_ws: Workspace) -> None:
+    pytest.importorskip("modelfab.factory.distributed", reason="the distributed trainer is not in this tree")
+    recipe = IMAGE_RECIPE + "base: {train: {workers: 2, epochs: 1}, finetune: head}\n"
+    report = produce(cams_ws, parse_recipe(recipe), workers=1, only=["cam-a"])
+    assert report.trained == 1, report.failures
+    base = cams_ws.registry.get_version("cams.cam-a").lineage["base"]
+    assert (base["workers"], base["restarts"], base["finetune"]) == (2, 0, "head")

@@ -86,15 +86,16 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
     if workers > 1:
         from modelfab.factory.distributed import DistributedSpec, train_distributed  # type: ignore[attr-defined]
 
-        spec = DistributedSpec(
-            workers=workers,
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            optimizer=p.optimizer,
-            lr=p.lr,
-            lr_schedule=p.lr_schedule,
-            augment=p.augment,
-        )
+        fields: dict[str, Any] = {  # validated as the recipe was parsed
+            "workers": workers,
+            "epochs": p.epochs,
+            "batch_size": p.batch_size,
+            "optimizer": p.optimizer,
+            "lr": p.lr,
+            "lr_schedule": p.lr_schedule,
+            "augment": p.augment,
+        }
+        spec = DistributedSpec(**fields)
         # Checkpoints under the workspace, per job: a rerun of the same base resumes from them.
         folder = Path(ws.settings.home) / "checkpoints" / plan.run_id
         result = train_distributed(build, images, index, spec, folder, seed=seed)
