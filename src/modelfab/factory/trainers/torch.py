@@ -78,10 +78,10 @@ def build_network(
 
     if family == "cnn":
         body, width = _cnn_body(p.channels, p.depth or 2)
-        return Net(_ImagePre(), body, nn.Linear(width, outputs))
+        return Net(_image_pre(), body, nn.Linear(width, outputs))
     if family == "resnet":
         body, width = _resnet_body(p.depth or 8, p.width)
-        return Net(_ImagePre(), body, nn.Linear(width, outputs))
+        return Net(_image_pre(), body, nn.Linear(width, outputs))
     if family == "torch_mlp":
         if stats is None:
             raise ValueError("torch_mlp needs the training features' statistics")
@@ -90,32 +90,24 @@ def build_network(
         for h in p.hidden:
             layers += [nn.Linear(last, h), nn.ReLU()]
             last = h
-        return Net(_TabularPre(stats), nn.Sequential(*layers), nn.Linear(last, outputs))
+        return Net(_tabular_pre(stats), nn.Sequential(*layers), nn.Linear(last, outputs))
     raise ValueError(f"family {family!r} is not a torch family")
 
 
-def _image_pre_forward(x: torch.Tensor) -> torch.Tensor:
-    x = x.to(dtype=_float32()) / 255.0
-    return (x.permute(0, 3, 1, 2) - PIXEL_MEAN) / PIXEL_STD
-
-
-def _float32() -> Any:
+def _image_pre() -> nn.Module:
     import torch
-
-    return torch.float32
-
-
-def _ImagePre() -> nn.Module:
     from torch import nn
 
     class ImagePre(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return _image_pre_forward(x)
+            # uint8 (served) or float (training, after augmentation) pixels 0-255, NHWC -> NCHW
+            x = x.to(dtype=torch.float32) / 255.0
+            return (x.permute(0, 3, 1, 2) - PIXEL_MEAN) / PIXEL_STD
 
     return ImagePre()
 
 
-def _TabularPre(stats: dict[str, np.ndarray]) -> nn.Module:
+def _tabular_pre(stats: dict[str, np.ndarray]) -> nn.Module:
     import torch
     from torch import nn
 
