@@ -19,12 +19,23 @@ from pydantic import (
 )
 
 from modelfab.errors import RecipeError
-from modelfab.families import FAMILIES, FAMILY_ALIASES, FAMILY_TASKS, families_for
+from modelfab.families import (
+    AUGMENTATIONS,
+    FAMILIES,
+    FAMILY_ALIASES,
+    FAMILY_TASKS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    TORCH_COMMON,
+    TORCH_FAMILIES,
+    families_for,
+)
 
 __all__ = [
     "CLASSIFICATION_METRICS",
     "LOWER_IS_BETTER",
     "REGRESSION_METRICS",
+    "Base",
     "Candidate",
     "Gate",
     "IterateSpec",
@@ -104,7 +115,73 @@ class Candidate(_Strict):
                     f"{where} names {', '.join(unknown)}, which {self.family} does not take; "
                     f"allowed: {', '.join(sorted(allowed))}"
                 )
+        if self.family in TORCH_FAMILIES:
+            for key, value in self.params.items():
+                check_torch_param(key, value)
+            depth = self.params.get("depth")
+            if self.family == "resnet" and isinstance(depth, int) and (depth < 8 or (depth - 2) % 6):
+                raise ValueError(f"resnet depth must be 6n+2 (8, 14, 20, ...), got {depth}")
+            for key, r in self.search.items():
+                for value in r.choices or ():
+                    check_torch_param(key, value)
         return self
+
+
+_POSITIVE_INTS = ("epochs", "batch_size", "channels", "depth", "width", "early_stopping")
+
+
+def check_torch_param(key: str, value: Any) -> None:
+    """Refuse a torch hyperparameter value the trainer could not use (a ValueError naming what is allowed)."""
+    if key == "optimizer" and value not in OPTIMIZERS:
+        raise ValueError(f"optimizer {value!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
+    if key == "lr_schedule" and value not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {value!r} is not known; allowed: {', '.join(LR_SCHEDULES)}")
+    if key == "augment" and (not isinstance(value, list) or any(v not in AUGMENTATIONS for v in value)):
+        raise ValueError(f"augment must be a list of: {', '.join(AUGMENTATIONS)}; got {value!r}")
+    if key in _POSITIVE_INTS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if key == "lr" and (not isinstance(value, int | float) or value <= 0):
+        raise ValueError(f"lr must be a positive number, got {value!r}")
+    if key == "hidden" and (
+        not isinstance(value, list) or not value or any(not isinstance(v, int) or v < 1 for v in value)
+    ):
+        raise ValueError(f"hidden must be a list of positive layer widths such as [64, 32], got {value!r}")
+
+
+class Base(_Strict):
+    """The network per-partition models adapt: another recipe's registered torch model (``model:
+    NAME[@alias]``) or one job trained on every partition's data of this recipe (``train:``)."""
+
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,220}(@[A-Za-z0-9._-]+)?$")
+    train: dict[str, Any] | None = None
+    finetune: Literal["head", "all"] = "all"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Base:
+        if (self.model is None) == (self.train is None):
+            raise ValueError("give one of model: NAME[@alias] or train: {workers: N, ...}")
+        if self.train is not None:
+            allowed = TORCH_COMMON | {"augment", "workers"}
+            unknown = sorted(set(self.train) - allowed)
+            if unknown:
+                raise ValueError(
+                    f"train names {', '.join(unknown)}, which a base job does not take; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+            workers = self.train.get("workers", 1)
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                raise ValueError(f"train.workers must be a positive integer, got {workers!r}")
+            for key, value in self.train.items():
+                check_torch_param(key, value)
+        return self
+
+    @property
+    def model_name(self) -> str | None:
+        return None if self.model is None else self.model.split("@")[0]
+
+    @property
+    def model_alias(self) -> str:
+        return self.model.split("@")[1] if self.model is not None and "@" in self.model else "champion"
 
 
 class Split(_Strict):
@@ -192,11 +269,13 @@ class Resources(_Strict):
 
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_RE)
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "image_classification"]
     dataset: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(@\d+)?$")
     target: str
     partition_by: str | None = None
     features: list[str] | None = None
+    image: str | None = None  # image_classification: the column of encoded image bytes (default image)
+    base: Base | None = None
     split: Split = Field(default_factory=Split)
     candidates: list[Candidate] = Field(min_length=1)
     trials: int = Field(default=1, ge=1, le=10_000)
@@ -220,6 +299,33 @@ class Recipe(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _image_fields(self) -> Recipe:
+        if self.task == "image_classification":
+            if self.features is not None:
+                raise _AtField(
+                    ("features",), "an image task has no feature columns: name the image column in image:"
+                )
+        elif self.image is not None:
+            raise _AtField(
+                ("image",), f"only task image_classification takes an image column, not {self.task}"
+            )
+        kinds = [c.family in TORCH_FAMILIES for c in self.candidates]
+        if any(kinds) and not all(kinds):
+            raise _AtField(
+                ("candidates", kinds.index(not kinds[0]), "family"),
+                "candidates mix torch and scikit-learn families; one recipe trains one kind: split it in two",
+            )
+        if self.base is not None:
+            for i, cand in enumerate(self.candidates):
+                if cand.family not in TORCH_FAMILIES:
+                    raise _AtField(
+                        ("candidates", i, "family"),
+                        f"base: adapts torch networks, {cand.family} is not one; "
+                        f"allowed: {', '.join(sorted(TORCH_FAMILIES & set(families_for(self.task))))}",
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _one_seed(self) -> Recipe:
         if self.seed and self.split.seed and self.seed != self.split.seed:
             raise _AtField(
@@ -231,7 +337,7 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> Recipe:
-        allowed = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        allowed = REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
         if self.metric not in allowed:
             raise ValueError(
                 f"metric {self.metric!r} does not fit task {self.task}; allowed: {', '.join(allowed)}"
@@ -257,6 +363,15 @@ class Recipe(_Strict):
     @property
     def dataset_version(self) -> int | None:
         return int(self.dataset.split("@")[1]) if "@" in self.dataset else None
+
+    @property
+    def image_column(self) -> str:
+        return self.image or "image"
+
+    @property
+    def classifies(self) -> bool:
+        """Whether models predict a class (tabular or image classification)."""
+        return self.task != "regression"
 
     @property
     def effective_seed(self) -> int:

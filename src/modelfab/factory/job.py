@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,10 @@ from modelfab.factory.plan import JobSpec, Plan
 from modelfab.factory.profile import reference_profile
 from modelfab.factory.search import predict, search, split_indices, take
 from modelfab.factory.trainers.sklearn import build_pipeline
+from modelfab.families import TORCH_FAMILIES
 from modelfab.store import JobOutcome
 
-__all__ = ["failed_outcome", "train_job"]
+__all__ = ["Fitted", "failed_outcome", "prediction_signal", "train_job"]
 
 
 def train_job(shared: Any, job: JobSpec) -> JobOutcome:
@@ -52,6 +54,23 @@ def failed_outcome(recipe: str, job: JobSpec, reason: str) -> JobOutcome:
     )
 
 
+@dataclass
+class Fitted:
+    """What a trainer hands back for one partition: the graph, its scores and what to record."""
+
+    family: str
+    params: dict[str, Any]
+    trials: int
+    best_validation: float | None
+    metrics: dict[str, float]
+    onnx_bytes: bytes
+    signature: dict[str, Any]
+    profile: dict[str, Any]
+    rows_train: int
+    rows_holdout: int
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
 def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
     plan, recipe = ctx.plan, ctx.plan.recipe
     x, y = _partition(plan, job)
@@ -62,7 +81,7 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
             f"too few rows: {len(y)} labelled rows, the recipe needs min_rows {recipe.min_rows}"
         )
     classes = None
-    if recipe.task == "classification":
+    if recipe.classifies:
         classes = np.unique(y)
         if len(classes) < 2:
             raise TrainingError(
@@ -70,6 +89,17 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
             )
     else:
         y = y.astype(float)
+    if recipe.candidates[0].family in TORCH_FAMILIES:
+        from modelfab.factory.torch_job import fit_torch
+
+        fitted = fit_torch(ctx, x, y, classes)
+    else:
+        fitted = _fit_sklearn(ctx, x, y, classes)
+    return _outcome(ctx, job, fitted)
+
+
+def _fit_sklearn(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | None) -> Fitted:
+    plan, recipe = ctx.plan, ctx.plan.recipe
     seed = recipe.effective_seed
     train_idx, hold_idx = split_indices(y, recipe.split.holdout, seed, stratify=classes is not None)
     train_x, hold_x, train_y, hold_y = take(x, train_idx), take(x, hold_idx), y[train_idx], y[hold_idx]
@@ -81,16 +111,38 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
     onnx_bytes = to_onnx_bytes(model, plan.numeric, plan.categorical, recipe.task)
     parity = verify_parity(onnx_bytes, hold_x, plan.numeric, plan.categorical, recipe.task, (pred, proba))
     metrics.update(parity)
-    if choice.best_validation is not None:
-        metrics["validation_" + recipe.metric] = float(choice.best_validation)
-    signal = (
-        proba[:, 1]
-        if proba is not None and proba.shape[1] == 2
-        else (proba.max(axis=1) if proba is not None else pred)
+    profile = reference_profile(
+        train_x, plan.numeric, plan.categorical, predictions=prediction_signal(pred, proba)
     )
-    profile = reference_profile(train_x, plan.numeric, plan.categorical, predictions=signal)
-    artifact = ctx.artifacts.put(onnx_bytes)
-    profile_art = ctx.artifacts.put(json.dumps(profile, sort_keys=True).encode())
+    return Fitted(
+        family=choice.family,
+        params=choice.params,
+        trials=choice.trials,
+        best_validation=choice.best_validation,
+        metrics=metrics,
+        onnx_bytes=onnx_bytes,
+        signature=onnx_signature(plan.numeric, plan.categorical, recipe.task, classes),
+        profile=profile,
+        rows_train=len(train_x),
+        rows_holdout=len(hold_x),
+    )
+
+
+def prediction_signal(pred: Any, proba: Any | None) -> Any:
+    """The one number per row the drift monitor follows: P(positive), else the top probability, else
+    the prediction."""
+    if proba is not None and proba.shape[1] == 2:
+        return proba[:, 1]
+    return proba.max(axis=1) if proba is not None else pred
+
+
+def _outcome(ctx: JobContext, job: JobSpec, fitted: Fitted) -> JobOutcome:
+    plan, recipe = ctx.plan, ctx.plan.recipe
+    metrics = dict(fitted.metrics)
+    if fitted.best_validation is not None:
+        metrics["validation_" + recipe.metric] = float(fitted.best_validation)
+    artifact = ctx.artifacts.put(fitted.onnx_bytes)
+    profile_art = ctx.artifacts.put(json.dumps(fitted.profile, sort_keys=True).encode())
     return JobOutcome(
         key=job.key,
         partition=job.partition,
@@ -100,7 +152,7 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
         metric=recipe.metric,
         score=metrics.get(recipe.metric),
         metrics=metrics,
-        params={"family": choice.family, **_jsonable(choice.params)},
+        params={"family": fitted.family, **_jsonable(fitted.params)},
         lineage={
             "recipe": recipe.name,
             "recipe_digest": plan.recipe_digest,
@@ -109,14 +161,15 @@ def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
             "dataset_digest": plan.dataset.digest,
             "partition": job.partition,
             "partition_by": recipe.partition_by,
-            "seed": seed,
-            "trials": choice.trials,
-            "rows_train": len(train_x),
-            "rows_holdout": len(hold_x),
+            "seed": recipe.effective_seed,
+            "trials": fitted.trials,
+            "rows_train": fitted.rows_train,
+            "rows_holdout": fitted.rows_holdout,
             "run_id": plan.run_id,
             "modelfab_version": ctx.version,
+            **fitted.lineage,
         },
-        signature=onnx_signature(plan.numeric, plan.categorical, recipe.task, classes),
+        signature=fitted.signature,
         serving=recipe.serving.model_dump(),
         artifact_digest=artifact.digest,
         artifact_size=artifact.size,
@@ -130,6 +183,10 @@ def _partition(plan: Plan, job: JobSpec) -> tuple[Any, np.ndarray]:
     rows = plan.rows[job.key]
     target = plan.target_values[rows]
     labelled = ~pd.isna(target)
+    if plan.recipe.task == "image_classification":
+        # Encoded images; the torch trainer decodes them in the worker.
+        blobs = plan.frame[plan.recipe.image_column].to_numpy(dtype=object)[rows[labelled]]
+        return blobs, np.asarray([str(v) for v in target[labelled]], dtype=object)
     if plan.matrix is not None:
         return plan.matrix[rows[labelled]], target[labelled]
     x = plan.frame.iloc[rows[labelled]][plan.numeric + plan.categorical]

@@ -40,12 +40,15 @@ class Plan:
     recipe_digest: str = ""
     target_values: Any = field(default=None, repr=False)  # the target column as an array
     matrix: Any = field(default=None, repr=False)  # all-numeric features as one float matrix, else None
+    # base: the weights (artifact digest) per-partition torch models start from, and what they are
+    base_weights: str | None = None
+    base_lineage: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.recipe_digest = self.recipe_digest or self.recipe.digest()
         if self.target_values is None:
             self.target_values = self.frame[self.recipe.target].to_numpy()
-        if self.matrix is None and not self.categorical:
+        if self.matrix is None and not self.categorical and self.numeric:
             # Built once in the driver; jobs slice it by row positions (workers inherit or receive it once).
             self.matrix = self.frame[self.numeric].to_numpy(dtype=float, na_value=float("nan"))
 
@@ -101,12 +104,30 @@ def _features(
 ) -> tuple[list[str], list[str]]:
     kinds = {c["name"]: c["kind"] for c in dataset.columns}
     available = ", ".join(columns)
-    for what, col in (("target", recipe.target), ("partition_by", recipe.partition_by)):
+    image = recipe.image_column if recipe.task == "image_classification" else None
+    for what, col in (("target", recipe.target), ("partition_by", recipe.partition_by), ("image", image)):
         if col is not None and col not in kinds:
             raise RecipeError(
                 f"field {what}: column {col!r} is not in dataset {dataset.ref}; columns are: {available}",
                 file=file,
             )
+    if image is not None:
+        return [], []
+    numeric, categorical = _tabular_features(recipe, dataset, columns, file, kinds)
+    torch_mlp = [i for i, c in enumerate(recipe.candidates) if c.family == "torch_mlp"]
+    if torch_mlp and categorical:
+        raise RecipeError(
+            f"field candidates.{torch_mlp[0]}.family: torch_mlp takes numeric features only, and "
+            f"{categorical} are categorical; list numeric columns under features: or use family mlp",
+            file=file,
+        )
+    return numeric, categorical
+
+
+def _tabular_features(
+    recipe: Recipe, dataset: DatasetVersion, columns: list[str], file: str, kinds: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    available = ", ".join(columns)
     if recipe.features is not None:
         missing = [c for c in recipe.features if c not in kinds]
         if missing:

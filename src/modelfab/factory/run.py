@@ -17,6 +17,7 @@ from modelfab.factory.evaluate import apply_gate
 from modelfab.factory.failures import retryable, worker_crash_reason
 from modelfab.factory.job import failed_outcome, train_job
 from modelfab.factory.plan import Plan, make_plan
+from modelfab.families import TORCH_FAMILIES
 from modelfab.recipe import Recipe
 from modelfab.store import DatasetVersion, JobOutcome, Workspace
 
@@ -108,6 +109,10 @@ def produce(
     check_priority(priority)
     started = time.monotonic()
     plan = make_plan(ws, recipe, recipe_file, dataset=dataset, only=only, alias=alias)
+    if recipe.base is not None:
+        from modelfab.factory.base import resolve_base
+
+        resolve_base(ws, plan, recipe_file)
     reg = ws.registry
     reg.ensure_run(
         plan.run_id,
@@ -132,6 +137,10 @@ def produce(
     if not todo:
         reg.set_run_status(plan.run_id, "done")
         return report
+    if recipe.candidates[0].family in TORCH_FAMILIES:
+        from modelfab.factory.torch_job import warm_imports
+
+        warm_imports()
     champions = reg.champion_scores(j.model for j in todo) if recipe.gate.beat_champion_by is not None else {}
     executor = executor or make_executor(
         ws.settings.executor, workers, address=ws.settings.ray_address, resources=recipe.resources

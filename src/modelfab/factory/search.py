@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,17 +46,36 @@ def predict(pipeline: Any, frame: Any, task: str) -> tuple[Any, Any | None]:
     return pipeline.classes_[np.argmax(proba, axis=1)], proba
 
 
+# (family, params, fit rows, fit targets, validation rows) -> (predictions, probabilities)
+FitPredict = Callable[[str, dict[str, Any], Any, Any, Any], tuple[Any, Any | None]]
+
+
 def search(
-    recipe: Recipe, train: Any, y: Any, numeric: list[str], categorical: list[str], seed: int
+    recipe: Recipe,
+    train: Any,
+    y: Any,
+    numeric: list[str],
+    categorical: list[str],
+    seed: int,
+    fit_predict: FitPredict | None = None,
 ) -> Choice:
+    """The best candidate and params on an inner validation split; ``fit_predict`` trains one trial
+    (scikit-learn pipelines when None; the torch trainer passes its own)."""
     if recipe.trials == 1:
         return default_choice(recipe.candidates[0])
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fit_idx, val_idx = split_indices(y, 0.25, seed, stratify=recipe.task == "classification")
+    fit_idx, val_idx = split_indices(y, 0.25, seed, stratify=recipe.classifies)
     fit_x, val_x, fit_y, val_y = take(train, fit_idx), take(train, val_idx), y[fit_idx], y[val_idx]
-    classes = np.unique(fit_y) if recipe.task == "classification" else None
+    classes = np.unique(fit_y) if recipe.classifies else None
+
+    def sklearn_fit_predict(family: str, params: dict[str, Any], fx: Any, fy: Any, vx: Any) -> Any:
+        model = build_pipeline(family, recipe.task, params, numeric, categorical, seed)
+        model.fit(fx, fy)
+        return predict(model, vx, recipe.task)
+
+    trial_fit = fit_predict or sklearn_fit_predict
 
     def objective(trial: Any) -> float:
         idx = trial.suggest_categorical("candidate", list(range(len(recipe.candidates))))
@@ -63,9 +83,7 @@ def search(
         params = dict(cand.params)
         for key, r in cand.search.items():
             params[key] = _suggest(trial, f"{cand.family}.{key}", r)
-        model = build_pipeline(cand.family, recipe.task, params, numeric, categorical, seed)
-        model.fit(fit_x, fit_y)
-        pred, proba = predict(model, val_x, recipe.task)
+        pred, proba = trial_fit(cand.family, params, fit_x, fit_y, val_x)
         scores = score_all(recipe.task, np.asarray(val_y), pred, proba, classes)
         value = scores.get(recipe.metric)
         if value is None:
