@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from modelfab.data.datasets import _store
+from modelfab.data.datasets import import_frame
 from modelfab.errors import RecipeError
 from modelfab.factory import produce
 from modelfab.recipe import parse_recipe
@@ -45,8 +45,7 @@ def camera_images(cameras: dict[str, tuple[int, tuple[str, ...]]], seed: int = 0
 
 
 def store_images(ws: Workspace, name: str, frame: pd.DataFrame) -> None:
-    # Stored as an image dataset is: the table with its bytes column, content-addressed in the store.
-    _store(ws, name, frame, "test")
+    import_frame(ws, name, frame, "test")
 
 
 CAMERAS = {
