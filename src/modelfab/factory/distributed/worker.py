@@ -50,7 +50,7 @@ def run_job(job_dir: Path, *, rank: int, world_size: int, local_rank: int, init_
     cuda = spec.gpus > 0 and torch.cuda.is_available()
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if init_process_group:
-        dist.init_process_group("nccl" if cuda else "gloo")
+        _init_group("nccl" if cuda else "gloo", rank, world_size)
     x = np.load(job_dir / "x.npy", mmap_mode="r")
     y = np.load(job_dir / "y.npy", mmap_mode="r")
     progress = np.lib.format.open_memmap(job_dir / "progress.npy", mode="r+")
@@ -139,6 +139,23 @@ def run_job(job_dir: Path, *, rank: int, world_size: int, local_rank: int, init_
     dist.barrier()
     if init_process_group:
         dist.destroy_process_group()
+
+
+def _init_group(backend: str, rank: int, world_size: int) -> None:
+    """Join the process group through the agent's store, under a prefix per attempt: the agent keeps one
+    store across restarts, and without the prefix a restarted rank can read the listening address of a
+    rank that died with the previous attempt (gloo then fails with 'connection refused')."""
+    import torch.distributed as dist
+
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend)
+        return
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(f"modelfab/attempt-{attempt}/", store)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world_size)
 
 
 class _Indices:
