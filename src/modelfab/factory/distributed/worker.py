@@ -146,15 +146,15 @@ def _init_group(backend: str, rank: int, world_size: int) -> None:
     store across restarts, and without the prefix a restarted rank can read the listening address of a
     rank that died with the previous attempt (gloo then fails with 'connection refused')."""
     import torch.distributed as dist
+    from torch.distributed import TCPStore  # type: ignore[attr-defined]  # exported, not in stubs' __all__
+    from torch.distributed.distributed_c10d import PrefixStore
 
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         dist.init_process_group(backend)
         return
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False
-    )
+    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    prefixed = dist.PrefixStore(f"modelfab/attempt-{attempt}/", store)
+    prefixed = PrefixStore(f"modelfab/attempt-{attempt}/", store)
     dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world_size)
 
 
