@@ -153,3 +153,19 @@ def test_too_many_failures_is_a_training_error(tmp_path: Path, monkeypatch: pyte
     spec = DistributedSpec(workers=2, epochs=1, batch_size=16, checkpoint_every=1, max_restarts=0)
     with pytest.raises(TrainingError, match="after 0 restarts"):
         train_distributed(tiny_cnn, x, y, spec, tmp_path / "ckpt")
+
+
+@pytest.mark.slow
+def test_ray_train_path_survives_a_sigkill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray.train.torch")
+    x, y = images(128)
+    spec = DistributedSpec(workers=2, epochs=2, batch_size=16, checkpoint_every=2, executor="ray")
+    local = train_distributed(
+        tiny_cnn, x, y, DistributedSpec(**{**vars(spec), "executor": "local"}), tmp_path / "a"
+    )
+    monkeypatch.setenv(FAULT_ENV, f"1:5:{tmp_path / 'killed-once-ray'}")
+    on_ray = train_distributed(tiny_cnn, x, y, spec, tmp_path / "b")
+    assert (tmp_path / "killed-once-ray").exists()
+    assert on_ray.restarts == 1 and on_ray.resumed_from == [4]
+    for name, tensor in local.state_dict.items():
+        torch.testing.assert_close(on_ray.state_dict[name], tensor)
