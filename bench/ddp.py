@@ -23,6 +23,7 @@ import numpy as np
 IMAGES = 2048
 SIZE = 32
 BATCH = 32
+REPEAT = 2
 
 
 def build() -> Any:
@@ -121,7 +122,8 @@ def _plain_loop(config: dict[str, Any]) -> None:
             loss_fn(model(xb), yb).backward()
             optimizer.step()
             samples += len(xb) * world
-    ray.train.report({"sps": samples / (time.perf_counter() - start)})
+    if ray.train.get_context().get_world_rank() == 0:  # Ray Train keeps no metrics without a checkpoint
+        Path(config["out"]).write_text(str(samples / (time.perf_counter() - start)))
 
 
 def plain_ray_train(root: Path, workers: int, epochs: int) -> dict[str, float]:
@@ -137,11 +139,17 @@ def plain_ray_train(root: Path, workers: int, epochs: int) -> dict[str, float]:
     try:
         trainer = TorchTrainer(
             _plain_loop,
-            train_loop_config={"x": str(root / "x.npy"), "y": str(root / "y.npy"), "epochs": epochs},
+            train_loop_config={
+                "x": str(root / "x.npy"),
+                "y": str(root / "y.npy"),
+                "epochs": epochs,
+                "out": str(root / "plain-sps"),
+            },
             scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
             run_config=RunConfig(storage_path=str(root / "ray-plain")),
         )
-        sps = float(trainer.fit().metrics["sps"])
+        trainer.fit()
+        sps = float((root / "plain-sps").read_text())
     finally:
         ray.shutdown()
     wall = time.perf_counter() - start
@@ -159,9 +167,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         never = 10**9
-        one = run("1 worker", root, workers=1, epochs=1, checkpoint_every=never)
-        two = run("2 workers", root, workers=2, epochs=2, checkpoint_every=never)
-        ckpt = run("2 w + ckpt/8", root, workers=2, epochs=2, checkpoint_every=8)
+        # the machine is shared: interleave the runs and keep each one's best
+        runs: dict[str, list[dict[str, float]]] = {"one": [], "two": [], "ckpt": []}
+        for i in range(REPEAT):  # a store each: the same job in the same store would resume, not rerun
+            runs["one"].append(run("1 worker", root / str(i), workers=1, epochs=1, checkpoint_every=never))
+            runs["two"].append(run("2 workers", root / str(i), workers=2, epochs=2, checkpoint_every=never))
+            runs["ckpt"].append(run("2 w + ckpt/8", root / str(i), workers=2, epochs=2, checkpoint_every=8))
+        one, two, ckpt = (max(r, key=lambda m: m["sps"]) for r in runs.values())
         kill_at = 8 * 3 + 6  # 6 steps after the third checkpoint
         killed = run(
             "2 w + kill",
