@@ -6,13 +6,15 @@ python bench/ddp.py --no-ray   # without the Ray Train comparison
 Every run trains the same small CNN (32x32 RGB, three conv layers: compute dominates the allreduce of its
 ~60k parameters) on the same synthetic images with one thread per worker and the same per-worker batch, so
 2 workers see twice the samples per step. Throughput is samples/s inside the training loop (process start,
-rendezvous and data loading excluded); wall times include them.
+rendezvous and data loading excluded); wall times include them. Runs are interleaved and repeated, and each
+figure takes the best of its repeats, because the machine is shared and a single run swings by +-30%.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +25,8 @@ import numpy as np
 IMAGES = 2048
 SIZE = 32
 BATCH = 32
-REPEAT = 2
+REPEAT = 3
+REPEAT_RAY = 2
 
 
 def build() -> Any:
@@ -135,7 +138,8 @@ def plain_ray_train(root: Path, workers: int, epochs: int) -> dict[str, float]:
     np.save(root / "x.npy", x)
     np.save(root / "y.npy", y)
     start = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    path = os.pathsep.join(p for p in sys.path if p)  # so the workers import this module as the driver does
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         trainer = TorchTrainer(
             _plain_loop,
@@ -183,15 +187,22 @@ def main() -> None:
             epochs=2,
             checkpoint_every=8,
         )
-        ray = plain = None
+        ray = plain = ours = None
         if not args.no_ray:
             try:
                 import ray.train.torch
             except ImportError:
                 print("Ray Train is not importable: no side by side")
             else:
-                ray = run("2 w on Ray", root, workers=2, epochs=2, checkpoint_every=8, executor="ray")
-                plain = plain_ray_train(root, workers=2, epochs=2)
+                rays, plains = [], []
+                for i in range(REPEAT_RAY):
+                    (root / f"plain{i}").mkdir()
+                    plains.append(plain_ray_train(root / f"plain{i}", workers=2, epochs=2))
+                    spec = {"workers": 2, "epochs": 2, "checkpoint_every": 8}
+                    rays.append(run("2 w on Ray", root / f"ray{i}", executor="ray", **spec))
+                    runs["ckpt"].append(run("2 w + ckpt/8", root / f"ray{i}", **spec))
+                ray, plain = (max(r, key=lambda m: m["sps"]) for r in (rays, plains))
+                ours = max(runs["ckpt"][REPEAT:], key=lambda m: m["sps"])
 
     print()
     print(f"2 workers vs 1: {two['sps'] / one['sps']:.2f}x samples/s (target >= 1.6)")
@@ -207,16 +218,16 @@ def main() -> None:
         f" ({killed['redone'] * ckpt['step']:.1f} s) + restart {killed['restart']:.1f} s = {expected:.1f} s;"
         f" restarts {killed['restarts']:.0f}"
     )
-    if ray is not None and plain is not None:
+    if ray is not None and plain is not None and ours is not None:
         print(
             f"vs a plain Ray Train TorchTrainer loop (DataLoader, prepare_model, no checkpoints):"
-            f" {ckpt['sps'] / plain['sps']:.2f}x step throughput (target >= 1.0),"
-            f" wall {ckpt['wall']:.1f} s vs {plain['wall']:.1f} s"
+            f" {ours['sps'] / plain['sps']:.2f}x step throughput (target >= 1.0),"
+            f" wall {ours['wall']:.1f} s vs {plain['wall']:.1f} s"
         )
         print(
-            f"our ranks under Ray Train vs under torch's elastic agent: {ray['sps'] / ckpt['sps']:.2f}x"
+            f"our ranks under Ray Train vs under torch's elastic agent: {ray['sps'] / ours['sps']:.2f}x"
             " throughput,"
-            f" wall {ray['wall']:.1f} s vs {ckpt['wall']:.1f} s"
+            f" wall {ray['wall']:.1f} s vs {ours['wall']:.1f} s"
         )
 
 
