@@ -36,7 +36,6 @@ class DistributedSpec:
     cpus_per_worker: float = 1.0
     executor: Literal["local", "ray"] = "local"
     preprocess: Literal["none", "scale"] = "none"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from modelfab.errors import RecipeError

@@ -48,7 +48,8 @@ def run_job(job_dir: Path, *, rank: int, world_size: int, local_rank: int, init_
     seed: int = job["seed"]
     torch.set_num_threads(spec.threads_per_worker)
     cuda = spec.gpus > 0 and torch.cuda.is_available()
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    # one GPU per rank (NCCL refuses two ranks on one device): spec.workers should not exceed the GPUs
+    device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if cuda else "cpu")
     if init_process_group:
         _init_group("nccl" if cuda else "gloo", rank, world_size)
     x = np.load(job_dir / "x.npy", mmap_mode="r")
@@ -58,7 +59,7 @@ def run_job(job_dir: Path, *, rank: int, world_size: int, local_rank: int, init_
     torch.manual_seed(seed)
     module = job["build_model"]().to(device)
     module.train()
-    model = DistributedDataParallel(module, device_ids=[local_rank] if cuda else None)
+    model = DistributedDataParallel(module, device_ids=[device.index] if cuda else None)
     optimizer = _optimizer(spec, model.parameters())
     sampler: DistributedSampler[int] = DistributedSampler(
         cast("Dataset[int]", _Indices(len(y))), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
