@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,7 @@ def test_sigkilled_rank_resumes_from_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     x, y = images()
+    handler = signal.getsignal(signal.SIGTERM)
     spec = DistributedSpec(workers=2, epochs=2, batch_size=16, checkpoint_every=4, augment=("flip", "crop"))
     build = functools.partial(tiny_cnn, classes=2)
     clean = train_distributed(build, x, y, spec, tmp_path / "clean", seed=3)
@@ -145,6 +147,7 @@ def test_sigkilled_rank_resumes_from_the_last_checkpoint(
     for name, tensor in clean.state_dict.items():
         torch.testing.assert_close(killed.state_dict[name], tensor)
     assert os.listdir(tmp_path / "artifacts")  # checkpoints went to the (encrypted) artifact store
+    assert signal.getsignal(signal.SIGTERM) is handler  # the elastic agent's handlers are gone again
 
 
 def test_too_many_failures_is_a_training_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

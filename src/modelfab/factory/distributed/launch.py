@@ -6,8 +6,10 @@ import hashlib
 import json
 import pickle
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -101,12 +103,21 @@ def _run_elastic(job_dir: Path, spec: DistributedSpec) -> None:
     # A command, not a function: the agent then starts ranks with Popen, which also works from a daemonic
     # process-pool worker (multiprocessing refuses children there).
     entry = [sys.executable, "-m", "modelfab.factory.distributed.rank", str(job_dir)]
+    # The agent turns these signals into exceptions and leaves its handlers installed: put the caller's
+    # back, or a process-pool worker that ran a job dies with a traceback when its pool shuts it down.
+    handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]
+    saved = {sig: signal.getsignal(sig) for sig in handled}
     try:
         elastic_launch(config, entry[0])(*entry[1:])
     except ChildFailedError as exc:
         raise TrainingError(
             f"distributed training failed after {spec.max_restarts} restarts: {exc}"
         ) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in saved.items():
+                if handler is not None:  # None: installed outside Python, nothing to put back
+                    signal.signal(sig, handler)
 
 
 def _result(job_dir: Path) -> DistributedResult:
