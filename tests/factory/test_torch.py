@@ -13,6 +13,7 @@ import pytest
 from modelfab.data.datasets import import_frame
 from modelfab.errors import RecipeError
 from modelfab.factory import produce
+from modelfab.factory.trainers.torch import GRID
 from modelfab.recipe import parse_recipe
 from modelfab.serve.models.shared import split_weights
 from modelfab.store import Workspace
@@ -104,7 +105,7 @@ def test_cameras_train_through_the_pool_and_answer_uint8_pixels(cams_ws: Workspa
     assert proba.shape == (7, 2) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     # Weights are kept beside the graph as plain arrays (no pickle) for fine-tuning later.
     with np.load(io.BytesIO(cams_ws.artifacts.get(mv.lineage["weights_digest"])), allow_pickle=False) as npz:
-        assert "head.weight" in npz.files and npz["head.weight"].shape == (2, 16)
+        assert "head.weight" in npz.files and npz["head.weight"].shape == (2, 16 * GRID * GRID)  # 4x4 grid
 
 
 def test_camera_models_of_one_architecture_share_one_graph(cams_ws: Workspace) -> None:
