@@ -213,3 +213,14 @@ def test_bad_torch_recipes(text: str, line: int, needle: str) -> None:
     message = str(info.value)
     assert message.startswith(f"bad.yaml:{line}: "), message
     assert needle.lower() in message.lower(), message
+
+
+def test_a_distributed_base_names_a_known_executor() -> None:
+    image = (
+        "name: c\ntask: image_classification\ndataset: d\ntarget: label\npartition_by: camera\n"
+        "candidates: [{family: cnn}]\nmetric: accuracy\n"
+    )
+    ok = parse_recipe(image + "base: {train: {workers: 2, executor: ray}}\n")
+    assert ok.base is not None and ok.base.train == {"workers": 2, "executor": "ray"}
+    with pytest.raises(RecipeError, match="train.executor must be local or ray"):
+        parse_recipe(image + "base: {train: {workers: 2, executor: spark}}\n")

@@ -161,7 +161,7 @@ class Base(_Strict):
         if (self.model is None) == (self.train is None):
             raise ValueError("give one of model: NAME[@alias] or train: {workers: N, ...}")
         if self.train is not None:
-            allowed = TORCH_COMMON | {"augment", "workers"}
+            allowed = TORCH_COMMON | {"augment", "workers", "executor"}
             unknown = sorted(set(self.train) - allowed)
             if unknown:
                 raise ValueError(
@@ -171,8 +171,12 @@ class Base(_Strict):
             workers = self.train.get("workers", 1)
             if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
                 raise ValueError(f"train.workers must be a positive integer, got {workers!r}")
+            executor = self.train.get("executor", "local")
+            if executor not in ("local", "ray"):
+                raise ValueError(f"train.executor must be local or ray, got {executor!r}")
             for key, value in self.train.items():
-                check_torch_param(key, value)
+                if key != "executor":
+                    check_torch_param(key, value)
         return self
 
     @property

@@ -72,6 +72,7 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
     cand = recipe.candidates[0]
     train = dict(recipe.base.train)
     workers = int(train.pop("workers", 1))
+    executor = str(train.pop("executor", "local"))
     params = {**{k: v for k, v in cand.params.items()}, **train}
     target = plan.target_values
     rows = np.flatnonzero(~pd.isna(target))
@@ -94,6 +95,9 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
             "lr": p.lr,
             "lr_schedule": p.lr_schedule,
             "augment": p.augment,
+            "executor": executor,
+            # One GPU per rank when the recipe asks for GPUs and CUDA is there (nccl); else gloo on CPUs.
+            "gpus": 1 if recipe.resources.gpus > 0 and torch.cuda.is_available() else 0,
         }
         spec = DistributedSpec(**fields)
         # Checkpoints under the workspace, per job: a rerun of the same base resumes from them.
