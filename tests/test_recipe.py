@@ -222,5 +222,5 @@ def test_a_distributed_base_names_a_known_executor() -> None:
     )
     ok = parse_recipe(image + "base: {train: {workers: 2, executor: ray}}\n")
     assert ok.base is not None and ok.base.train == {"workers": 2, "executor": "ray"}
-    with pytest.raises(RecipeError, match="train.executor must be local or ray"):
+    with pytest.raises(RecipeError, match=r"train\.executor must be local or ray"):
         parse_recipe(image + "base: {train: {workers: 2, executor: spark}}\n")
