@@ -28,6 +28,8 @@ def test_camera_story_end_to_end(ws: Workspace) -> None:
     # Far above chance on images neither model saw; the global model is the comparison, not a target.
     assert statistics.median(report.camera_accuracy.values()) >= 0.8
     assert report.served == 4 * 24 and report.served_agree == report.served
+    # The four camera models share their worker's one session (or one per worker, if it scaled out).
+    assert report.served_models == 4 and report.shared_sessions is not None and report.shared_sessions < 4
     mv = ws.registry.get_version("cameras.cam-000")
     assert mv.lineage["base"]["model"] == "cameras-global.all" and mv.lineage["base"]["finetune"] == "all"
     assert any(line.startswith("median gain") for line in lines)

@@ -55,6 +55,8 @@ class CameraReport:
     models_per_minute: float = 0.0
     served: int = 0
     served_agree: int = 0
+    served_models: int = 0
+    shared_sessions: float | None = None  # from the server's /metrics
 
     @property
     def median_gain(self) -> float:
@@ -76,6 +78,11 @@ class CameraReport:
                 f"served {self.served} raw UINT8 images through tritonclient; {self.served_agree} answers "
                 "equal ONNX Runtime's on the registered graph"
             )
+            if self.shared_sessions is not None:
+                out.append(
+                    f"{self.served_models} camera models ran on {self.shared_sessions:g} shared ONNX Runtime "
+                    "session(s): loading one more is a weights fetch, not a session build"
+                )
         return out
 
 
@@ -172,5 +179,21 @@ def _serve(ws: Workspace, held: pd.DataFrame, report: CameraReport, port: int) -
                 expected = [str(v) for v in _predict(ws, f"cameras.{cam}", images)]
                 report.served += len(labels)
                 report.served_agree += sum(a == b for a, b in zip(labels, expected, strict=True))
+                report.served_models += 1
         finally:
             client.close()
+        report.shared_sessions = _gauge(url, "modelfab_shared_graphs")
+
+
+def _gauge(url: str, name: str) -> float | None:
+    """One unlabelled gauge from the server's /metrics (summed over workers), after its next upkeep."""
+    import urllib.request
+
+    for _ in range(30):  # housekeeping publishes the gauge about once a second
+        with urllib.request.urlopen(f"http://{url}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " ") and float(line.split()[1]) > 0:
+                return float(line.split()[1])
+        time.sleep(0.2)
+    return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from modelfab.factory.context import JobContext
 from modelfab.factory.evaluate import score_all
 from modelfab.factory.export import onnx_signature, to_onnx_bytes, verify_parity
 from modelfab.factory.failures import job_crash_reason
+from modelfab.factory.fitted import Fitted, prediction_signal
 from modelfab.factory.plan import JobSpec, Plan
 from modelfab.factory.profile import reference_profile
 from modelfab.factory.search import predict, search, split_indices, take
@@ -52,23 +52,6 @@ def failed_outcome(recipe: str, job: JobSpec, reason: str) -> JobOutcome:
     return JobOutcome(
         key=job.key, partition=job.partition, model=job.model, status="failed", reason=reason, recipe=recipe
     )
-
-
-@dataclass
-class Fitted:
-    """What a trainer hands back for one partition: the graph, its scores and what to record."""
-
-    family: str
-    params: dict[str, Any]
-    trials: int
-    best_validation: float | None
-    metrics: dict[str, float]
-    onnx_bytes: bytes
-    signature: dict[str, Any]
-    profile: dict[str, Any]
-    rows_train: int
-    rows_holdout: int
-    lineage: dict[str, Any] = field(default_factory=dict)
 
 
 def _train(ctx: JobContext, job: JobSpec) -> JobOutcome:
@@ -126,14 +109,6 @@ def _fit_sklearn(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | N
         rows_train=len(train_x),
         rows_holdout=len(hold_x),
     )
-
-
-def prediction_signal(pred: Any, proba: Any | None) -> Any:
-    """The one number per row the drift monitor follows: P(positive), else the top probability, else
-    the prediction."""
-    if proba is not None and proba.shape[1] == 2:
-        return proba[:, 1]
-    return proba.max(axis=1) if proba is not None else pred
 
 
 def _outcome(ctx: JobContext, job: JobSpec, fitted: Fitted) -> JobOutcome:

@@ -9,7 +9,7 @@ import numpy as np
 
 from modelfab.factory.context import JobContext
 from modelfab.factory.evaluate import score_all
-from modelfab.factory.job import Fitted, prediction_signal
+from modelfab.factory.fitted import Fitted, prediction_signal
 from modelfab.factory.profile import reference_profile
 from modelfab.factory.search import search, split_indices
 from modelfab.factory.torch_export import image_signature, torch_to_onnx, verify_torch_parity
