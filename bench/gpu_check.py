@@ -309,6 +309,36 @@ def check_serving(cuda: bool, providers: tuple[str, ...], batch: int, seconds: f
         )
 
 
+def check_factory_trainer(cuda: bool) -> None:
+    """modelfab's own per-partition trainer (factory/trainers/torch.py) on the device a recipe with
+    ``resources.gpus: 1`` gets, then its ONNX export checked against torch."""
+    try:
+        from modelfab.factory.torch_export import torch_to_onnx
+        from modelfab.factory.trainers.torch import TorchParams, build_network, fit_network, training_device
+    except ImportError as exc:
+        skipped("factory trainer", f"modelfab's dependencies are not importable here: {exc}")
+        return
+    images, labels = synthetic(256, seed=3)
+    labels = labels % 2
+    p = TorchParams.of({"epochs": 3, "batch_size": 64, "channels": 16, "depth": 3})
+    device = training_device(1.0)
+    if cuda and device != "cuda":
+        raise RuntimeError(f"resources.gpus 1 trained on {device} although CUDA is there")
+    net = build_network("cnn", p, 2)
+    started = time.perf_counter()
+    fit_network(net, images, labels, p, seed=0, device=device)
+    took = time.perf_counter() - started
+    on = {str(q.device) for q in net.parameters()}
+    if on != {"cpu"}:
+        raise RuntimeError(f"the trained network came back on {on}, not the CPU")
+    graph = torch_to_onnx(net, image_shape=(images.shape[1], images.shape[2]), classes=np.array(["0", "1"]))
+    ok(
+        "factory trainer",
+        f"{3 * len(images) / took:,.0f} samples/s on {device}",
+        f"ONNX {len(graph) // 1024} KiB",
+    )
+
+
 def print_table() -> None:
     header = Row("check", "status", "result", "detail")
     widths = [max(len(getattr(r, f)) for r in (header, *ROWS)) for f in ("check", "status", "result")]
@@ -349,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             check_ddp("gloo", "cpu", args.batch, args.cpu_steps)
         else:
             skipped("DDP gloo", "this torch build has no gloo")
+    with guarded("factory trainer"):
+        check_factory_trainer(cuda)
     check_serving(cuda, providers, args.batch, args.serve_seconds)
     print_table()
     took = time.perf_counter() - started

@@ -62,7 +62,13 @@ def _registered(ws: Workspace, ref: str, alias: str, file: str) -> tuple[str, di
 def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
     import torch
 
-    from modelfab.factory.trainers.torch import TorchParams, build_network, fit_network, state_arrays
+    from modelfab.factory.trainers.torch import (
+        TorchParams,
+        build_network,
+        fit_network,
+        state_arrays,
+        training_device,
+    )
     from modelfab.factory.vision import decode_partition
 
     recipe = plan.recipe
@@ -108,7 +114,7 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
         extra: dict[str, Any] = {"workers": workers, "restarts": getattr(result, "restarts", 0)}
     else:
         net = build()
-        fit_network(net, images, index, p, seed)
+        fit_network(net, images, index, p, seed, device=training_device(recipe.resources.gpus))
         extra = {"workers": 1}
     weights = ws.artifacts.put(state_arrays(net))
     lineage = {"trained": "all partitions", "family": cand.family, "classes": [str(c) for c in classes]}

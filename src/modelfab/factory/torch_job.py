@@ -20,6 +20,7 @@ from modelfab.factory.trainers.torch import (
     load_state,
     predict_proba,
     state_arrays,
+    training_device,
 )
 from modelfab.factory.vision import decode_partition
 
@@ -74,7 +75,16 @@ def fit_torch(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | None
             head_only = finetune == "head"
         if stats is not None:  # this partition's imputation and scaling, not the base's
             net.get_submodule("pre").load_state_dict({k: _tensor(v) for k, v in stats.items()})
-        fit_network(net, fx, target, p, seed, regression=classes is None, head_only=head_only)
+        fit_network(
+            net,
+            fx,
+            target,
+            p,
+            seed,
+            regression=classes is None,
+            head_only=head_only,
+            device=training_device(recipe.resources.gpus),
+        )
         return net, shift
 
     def fit_predict(family: str, params: dict[str, Any], fx: Any, fy: Any, vx: Any) -> tuple[Any, Any]:

@@ -191,11 +191,16 @@ def fit_network(
     *,
     regression: bool = False,
     head_only: bool = False,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train ``net`` in place on ``x`` (uint8 NHWC images or float features) and ``y`` (class indices, or
-    standardised targets for regression). Returns what happened: epochs run, the best validation loss."""
+    standardised targets for regression), on ``device`` (``cuda`` when the recipe asks for GPUs and one is
+    there; see :func:`training_device`); the network comes back on the CPU, ready to export. Returns what
+    happened: epochs run, the best validation loss."""
     import torch
     from torch import nn
+
+    net.to(device)
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -215,7 +220,7 @@ def fit_network(
     steps_per_epoch = max(1, math.ceil(len(train_idx) / p.batch_size))
     sched = _schedule(p, opt, p.epochs * steps_per_epoch)
     loss_fn: nn.Module = nn.MSELoss() if regression else nn.CrossEntropyLoss()
-    target = torch.as_tensor(y, dtype=torch.float32 if regression else torch.int64)
+    target = torch.as_tensor(y, dtype=torch.float32 if regression else torch.int64).to(device)
     best, best_state, stale, epochs = math.inf, None, 0, 0
     for _ in range(p.epochs):
         net.train()
@@ -226,7 +231,7 @@ def fit_network(
             idx = order[start : start + p.batch_size]
             if len(idx) < 2 and not regression and len(order) > 1:
                 continue  # batch norm cannot train on one sample
-            xb = _inputs(x[idx], p.augment, rng)
+            xb = _inputs(x[idx], p.augment, rng).to(device)
             out = net(xb)
             loss = loss_fn(out.squeeze(1) if regression else out, target[idx])
             opt.zero_grad()
@@ -237,21 +242,31 @@ def fit_network(
         if len(val_idx):
             net.eval()
             with torch.no_grad():
-                out = net(_inputs(x[val_idx], (), rng))
+                out = net(_inputs(x[val_idx], (), rng).to(device))
                 val = float(loss_fn(out.squeeze(1) if regression else out, target[val_idx]))
             if val < best - 1e-6:
                 best, stale = val, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
             else:
                 stale += 1
                 if p.early_stopping is not None and stale >= p.early_stopping:
                     break
+    net.to("cpu")
     if best_state is not None:
         net.load_state_dict(best_state)
     for q in net.parameters():
         q.requires_grad_(True)
     net.eval()
     return {"epochs_run": epochs, "best_validation_loss": None if math.isinf(best) else best}
+
+
+def training_device(gpus: float) -> str:
+    """``cuda`` when the recipe's ``resources.gpus`` asks for a GPU and torch sees one, else ``cpu``."""
+    if gpus <= 0:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _inputs(x: np.ndarray, augment: tuple[str, ...], rng: np.random.Generator) -> torch.Tensor:
