@@ -250,4 +250,8 @@ def test_a_base_trained_by_a_distributed_job(cams_ws: Workspace) -> None:
     report = produce(cams_ws, parse_recipe(recipe), workers=1, only=["cam-a"])
     assert report.trained == 1, report.failures
     base = cams_ws.registry.get_version("cams.cam-a").lineage["base"]
-    assert (base["workers"], base["restarts"], base["finetune"]) == (2, 0, "head")
+    assert (base["workers"], base["finetune"]) == (2, "head")
+    # Once in a full CI run a rank died mid-training ("terminate called without an active exception",
+    # from native code) and the elastic agent restarted the group, as designed: a restart is recorded,
+    # the base still trains. Not reproduced alone; see the closing note of issue 10.
+    assert base["restarts"] in (0, 1)
