@@ -24,6 +24,7 @@ from modelfab.families import (
     FAMILIES,
     FAMILY_ALIASES,
     FAMILY_TASKS,
+    IMAGE_FAMILIES,
     LR_SCHEDULES,
     OPTIMIZERS,
     TORCH_COMMON,
@@ -271,6 +272,13 @@ class Resources(_Strict):
     memory: str | None = None
 
 
+class Distributed(_Strict):
+    """One job trained by N data-parallel processes (``modelfab.factory.distributed``) instead of one."""
+
+    workers: int = Field(default=2, ge=1, le=64)
+    executor: Literal["local", "ray"] = "local"
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=NAME_RE)
     task: Literal["classification", "regression", "image_classification"]
@@ -280,6 +288,7 @@ class Recipe(_Strict):
     features: list[str] | None = None
     image: str | None = None  # image_classification: the column of encoded image bytes (default image)
     base: Base | None = None
+    distributed: Distributed | None = None
     split: Split = Field(default_factory=Split)
     candidates: list[Candidate] = Field(min_length=1)
     trials: int = Field(default=1, ge=1, le=10_000)
@@ -327,6 +336,21 @@ class Recipe(_Strict):
                         f"base: adapts torch networks, {cand.family} is not one; "
                         f"allowed: {', '.join(sorted(TORCH_FAMILIES & set(families_for(self.task))))}",
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _distributed_fits(self) -> Recipe:
+        if self.distributed is None:
+            return self
+        if self.task != "image_classification" or any(
+            c.family not in IMAGE_FAMILIES for c in self.candidates
+        ):
+            raise _AtField(("distributed",), "is for image_classification with cnn or resnet candidates")
+        if self.base is not None:
+            raise _AtField(
+                ("distributed",),
+                "does not combine with base:; train the base distributed with base: {train: {workers: N}}",
+            )
         return self
 
     @model_validator(mode="after")

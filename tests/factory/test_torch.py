@@ -255,3 +255,33 @@ def test_a_base_trained_by_a_distributed_job(cams_ws: Workspace) -> None:
     # from native code) and the elastic agent restarted the group, as designed: a restart is recorded,
     # the base still trains. Not reproduced alone; see the closing note of issue 10.
     assert base["restarts"] in (0, 1)
+
+
+def test_one_large_job_trains_data_parallel(cams_ws: Workspace) -> None:
+    # No partition_by: one model on every camera, its final fit by 2 gloo processes.
+    recipe = IMAGE_RECIPE.replace("partition_by: camera\n", "").replace("name: cams", "name: everyone")
+    report = produce(cams_ws, parse_recipe(recipe + "distributed: {workers: 2}\n"), workers=1)
+    assert report.trained == 1, report.failures
+    mv = cams_ws.registry.get_version("everyone.all")
+    dist = mv.lineage["distributed"]
+    assert dist["workers"] == 2 and dist["steps"] > 0 and dist["restarts"] in (0, 1)
+    assert mv.metrics["onnx_label_agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ("distributed: {workers: 2}\nbase: {model: a.b}\n", "does not combine with base"),
+        ("distributed: {workers: 0}\n", "distributed.workers"),
+        ("distributed: {workers: 2, executor: spark}\n", "distributed.executor"),
+    ],
+)
+def test_bad_distributed_sections_name_the_field(extra: str, needle: str) -> None:
+    with pytest.raises(RecipeError, match=needle):
+        parse_recipe(IMAGE_RECIPE + extra)
+
+
+def test_distributed_is_for_image_networks() -> None:
+    tabular = TABULAR.format(task="classification", target="churned", metric="accuracy", trials=1)
+    with pytest.raises(RecipeError, match="distributed"):
+        parse_recipe(tabular + "distributed: {workers: 2}\n")

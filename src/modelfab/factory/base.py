@@ -91,27 +91,11 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
     seed = recipe.effective_seed
     torch.manual_seed(seed)
     if workers > 1:
-        from modelfab.factory.distributed import DistributedSpec, train_distributed  # type: ignore[attr-defined]
-
-        fields: dict[str, Any] = {  # validated as the recipe was parsed
-            "workers": workers,
-            "epochs": p.epochs,
-            "batch_size": p.batch_size,
-            "optimizer": p.optimizer,
-            "lr": p.lr,
-            "lr_schedule": p.lr_schedule,
-            "augment": p.augment,
-            "executor": executor,
-            # One GPU per rank when the recipe asks for GPUs and CUDA is there (nccl); else gloo on CPUs.
-            "gpus": 1 if recipe.resources.gpus > 0 and torch.cuda.is_available() else 0,
-        }
-        spec = DistributedSpec(**fields)
-        # Checkpoints under the workspace, per job: a rerun of the same base resumes from them.
         folder = Path(ws.settings.home) / "checkpoints" / plan.run_id
-        result = train_distributed(build, images, index, spec, folder, seed=seed)
-        net = build()
-        net.load_state_dict({k: torch.as_tensor(v) for k, v in result.state_dict.items()})
-        extra: dict[str, Any] = {"workers": workers, "restarts": getattr(result, "restarts", 0)}
+        net, result = fit_distributed(
+            build, images, index, p, workers, executor, recipe.resources.gpus, seed, folder
+        )
+        extra: dict[str, Any] = {"workers": workers, "restarts": result["restarts"]}
     else:
         net = build()
         fit_network(net, images, index, p, seed, device=training_device(recipe.resources.gpus))
@@ -119,3 +103,44 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
     weights = ws.artifacts.put(state_arrays(net))
     lineage = {"trained": "all partitions", "family": cand.family, "classes": [str(c) for c in classes]}
     return weights.digest, {**lineage, **extra, "rows": len(rows)}
+
+
+def fit_distributed(
+    build: Any,
+    images: np.ndarray,
+    index: np.ndarray,
+    p: Any,
+    workers: int,
+    executor: str,
+    gpus: float,
+    seed: int,
+    folder: Path,
+) -> tuple[Any, dict[str, Any]]:
+    """Train ``build()`` on every row with ``workers`` data-parallel processes (``executor`` local: torch's
+    elastic agent; ray: Ray Train), checkpointing under ``folder`` (a rerun of the same job resumes from
+    there). Returns the trained network on the CPU and what happened (restarts, steps, samples/s)."""
+    import torch
+
+    from modelfab.factory.distributed import DistributedSpec, train_distributed
+
+    spec = DistributedSpec(
+        workers=workers,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        optimizer=p.optimizer,
+        lr=p.lr,
+        lr_schedule=p.lr_schedule,
+        augment=p.augment,
+        executor=executor,  # type: ignore[arg-type]  # validated as the recipe was parsed
+        # One GPU per rank when the recipe asks for GPUs and CUDA is there (nccl); else gloo on CPUs.
+        gpus=1 if gpus > 0 and torch.cuda.is_available() else 0,
+    )
+    result = train_distributed(build, images, index, spec, folder, seed=seed)
+    net = build()
+    net.load_state_dict({k: torch.as_tensor(v) for k, v in result.state_dict.items()})
+    net.eval()
+    return net, {
+        "restarts": int(getattr(result, "restarts", 0)),
+        "steps": int(getattr(result, "steps", 0)),
+        "samples_per_second": float(getattr(result, "samples_per_second", 0.0)),
+    }

@@ -3,6 +3,9 @@ evaluate on the holdout, export with preprocessing inside, check parity, keep th
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,7 +95,29 @@ def fit_torch(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | None
         return _predict(net, vx, classes, shift)
 
     choice = search(recipe, train_x, train_y, plan.numeric, [], seed, fit_predict=fit_predict)
-    net, shift = train(choice.family, choice.params, train_x, train_y)
+    dist_report: dict[str, Any] = {}
+    if recipe.distributed is not None and recipe.distributed.workers > 1 and classes is not None:
+        # The search (if any) ran in this process; the chosen network trains data-parallel.
+        from modelfab.factory.base import fit_distributed
+
+        p = TorchParams.of(choice.params)
+        build = functools.partial(build_network, choice.family, p, len(classes))
+        # Per run; the store keeps one subfolder per job (network, data, settings), so a rerun resumes.
+        folder = Path(tempfile.gettempdir()) / "modelfab-checkpoints" / plan.run_id
+        net, dist_report = fit_distributed(
+            build,
+            train_x,
+            np.searchsorted(classes, train_y).astype(np.int64),
+            p,
+            recipe.distributed.workers,
+            recipe.distributed.executor,
+            recipe.resources.gpus,
+            seed,
+            folder,
+        )
+        shift = (0.0, 1.0)
+    else:
+        net, shift = train(choice.family, choice.params, train_x, train_y)
     pred, proba = _predict(net, hold_x, classes, shift)
     metrics = score_all(recipe.task, hold_y, pred, proba, classes)
     if image:
@@ -115,6 +140,9 @@ def fit_torch(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | None
     lineage: dict[str, Any] = {"weights_digest": weights.digest, "weights_format": "npz"}
     if classes is not None:
         lineage["classes"] = [str(c) for c in classes]
+    if dist_report:
+        workers = recipe.distributed.workers if recipe.distributed else 1
+        lineage["distributed"] = {"workers": workers, **dist_report}
     if plan.base_weights:
         lineage["base"] = {**plan.base_lineage, "weights_digest": plan.base_weights, "finetune": finetune}
     return Fitted(
