@@ -91,9 +91,15 @@ def _train_base(ws: Workspace, plan: Plan) -> tuple[str, dict[str, Any]]:
     seed = recipe.effective_seed
     torch.manual_seed(seed)
     if workers > 1:
+        from modelfab.factory.context import KeyRef
+        from modelfab.factory.distributed import CheckpointStore
+
+        # Manifests under the workspace, blobs in the artifact store (sealed when it has a key): a rerun
+        # of the same base resumes from them.
         folder = Path(ws.settings.home) / "checkpoints" / plan.run_id
+        store = CheckpointStore(folder, ws.artifacts, key_ref=KeyRef.of(ws.settings))
         net, result = fit_distributed(
-            build, images, index, p, workers, executor, recipe.resources.gpus, seed, folder
+            build, images, index, p, workers, executor, recipe.resources.gpus, seed, store
         )
         extra: dict[str, Any] = {"workers": workers, "restarts": result["restarts"]}
     else:
@@ -114,11 +120,12 @@ def fit_distributed(
     executor: str,
     gpus: float,
     seed: int,
-    folder: Path,
+    store: Any,
 ) -> tuple[Any, dict[str, Any]]:
     """Train ``build()`` on every row with ``workers`` data-parallel processes (``executor`` local: torch's
-    elastic agent; ray: Ray Train), checkpointing under ``folder`` (a rerun of the same job resumes from
-    there). Returns the trained network on the CPU and what happened (restarts, steps, samples/s)."""
+    elastic agent; ray: Ray Train), checkpointing into ``store`` (a CheckpointStore or a folder; a rerun of
+    the same job resumes from it). Returns the trained network on the CPU and what happened (restarts,
+    steps, samples/s)."""
     import torch
 
     from modelfab.factory.distributed import DistributedSpec, train_distributed
@@ -135,7 +142,7 @@ def fit_distributed(
         # One GPU per rank when the recipe asks for GPUs and CUDA is there (nccl); else gloo on CPUs.
         gpus=1 if gpus > 0 and torch.cuda.is_available() else 0,
     )
-    result = train_distributed(build, images, index, spec, folder, seed=seed)
+    result = train_distributed(build, images, index, spec, store, seed=seed)
     net = build()
     net.load_state_dict({k: torch.as_tensor(v) for k, v in result.state_dict.items()})
     net.eval()

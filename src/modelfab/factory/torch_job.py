@@ -102,8 +102,12 @@ def fit_torch(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | None
 
         p = TorchParams.of(choice.params)
         build = functools.partial(build_network, choice.family, p, len(classes))
-        # Per run; the store keeps one subfolder per job (network, data, settings), so a rerun resumes.
+        from modelfab.factory.distributed import CheckpointStore
+
+        # Manifests per run (one subfolder per job: network, data, settings, so a rerun resumes), blobs
+        # in the artifact store, sealed when the workspace has a key; the ranks get a key reference.
         folder = Path(tempfile.gettempdir()) / "modelfab-checkpoints" / plan.run_id
+        store = CheckpointStore(folder, ctx.artifacts, key_ref=ctx.key)
         net, dist_report = fit_distributed(
             build,
             train_x,
@@ -113,7 +117,7 @@ def fit_torch(ctx: JobContext, x: Any, y: np.ndarray, classes: np.ndarray | None
             recipe.distributed.executor,
             recipe.resources.gpus,
             seed,
-            folder,
+            store,
         )
         shift = (0.0, 1.0)
     else:

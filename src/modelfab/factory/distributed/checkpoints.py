@@ -38,21 +38,32 @@ class Checkpoint:
 
 class CheckpointStore:
     """Checkpoints under a folder; with an ``ArtifactStore`` the blobs go there (encrypted at rest when the
-    store has a key) and the folder keeps only the manifests. Picklable: workers rebuild the store."""
+    store has a key) and the folder keeps only the manifests. Picklable: workers rebuild the store. With
+    an encrypted store give ``key_ref`` (:class:`modelfab.factory.context.KeyRef`): what is pickled for the
+    ranks (a job file, Ray's object store) then says where the key is, never the key itself."""
 
-    def __init__(self, root: str | Path, artifacts: ArtifactStore | None = None) -> None:
+    def __init__(self, root: str | Path, artifacts: ArtifactStore | None = None, key_ref: Any = None) -> None:
         self.root = Path(root)
         self._artifacts_url = artifacts.url if artifacts is not None else None
         self._artifacts_key = artifacts.key if artifacts is not None else None
+        self._key_ref = key_ref
         self._artifacts = artifacts
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_artifacts": None}
+        if self._artifacts_key is not None and self._key_ref is None:
+            from modelfab.errors import EncryptionError
+
+            raise EncryptionError(
+                "an encrypted checkpoint store crosses to other processes only with a key_ref "
+                "(modelfab.factory.context.KeyRef), never with the key"
+            )
+        return {**self.__dict__, "_artifacts": None, "_artifacts_key": None}
 
     def scoped(self, name: str) -> CheckpointStore:
         """The same store with the manifests in a subfolder: one per job, so a job never resumes another's."""
         scoped = CheckpointStore(self.root / name)
         scoped._artifacts_url, scoped._artifacts_key = self._artifacts_url, self._artifacts_key
+        scoped._key_ref = self._key_ref
         scoped._artifacts = self._artifacts
         return scoped
 
@@ -60,7 +71,10 @@ class CheckpointStore:
         if self._artifacts is None and self._artifacts_url is not None:
             from modelfab.store.artifacts import ArtifactStore
 
-            self._artifacts = ArtifactStore(self._artifacts_url, self._artifacts_key)
+            key = self._artifacts_key
+            if key is None and self._key_ref is not None:
+                key = self._key_ref.load()  # in a rank: from the same file or variable as the driver
+            self._artifacts = ArtifactStore(self._artifacts_url, key)
         return self._artifacts
 
     def save(self, data: bytes, *, step: int, epoch: int, batch: int) -> Checkpoint:
